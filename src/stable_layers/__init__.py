@@ -1,0 +1,15 @@
+"""stable_layers: numerically stable, memory-aware activation kernels for JAX.
+
+The functional kernels live here; the framework modules live in ``stable_layers.equinox``,
+``stable_layers.linen`` and ``stable_layers.nnx`` and are imported only on request, so
+``import stable_layers`` needs JAX alone.
+"""
+
+from ._softplus import softplus as softplus
+from ._softplus import stable_log1pexp as stable_log1pexp
+from ._xsin import custom_vjp_with_extra_residual as custom_vjp_with_extra_residual
+from ._xsin import xsin as xsin
+
+__version__ = "0.1.0"
+
+__all__ = ["custom_vjp_with_extra_residual", "softplus", "stable_log1pexp", "xsin"]

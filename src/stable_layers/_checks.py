@@ -1,0 +1,104 @@
+"""Argument validation shared by the kernels and the framework modules.
+
+Every error names the function, the argument, the value it got and the valid choices, so a
+typo in a model definition fails at the line that made it rather than deep inside a trace.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+SOFTPLUS_RESIDUALS = ("output", "input")
+XSIN_RESIDUALS = ("derivative", "input_and_sin", "input")
+MODES = ("vjp", "jvp")
+
+
+def check_choice(fn: str, name: str, value: Any, choices: Sequence[str]) -> str:
+    """Returns ``value`` if it is one of ``choices``; raises ValueError naming them otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{fn}: {name} must be one of {valid}; got {value!r}.")
+    return value
+
+
+def is_static_number(value: Any) -> bool:
+    """True for a Python or NumPy real scalar (not bool), i.e. a compile-time constant."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_beta(fn: str, beta: Any) -> float | jax.Array:
+    """Validates ``beta``: a positive finite number (static) or a real array (traced).
+
+    Returns a Python float for a static β and a floating JAX array otherwise. An array's sign
+    cannot be checked under ``jit``; the layers keep a learnable β positive by construction.
+    """
+    if isinstance(beta, bool):
+        raise TypeError(
+            f"{fn}: beta must be a positive number or a real array; got {beta!r}."
+        )
+    if is_static_number(beta):
+        beta = float(beta)
+        if not (beta > 0 and math.isfinite(beta)):
+            raise ValueError(
+                f"{fn}: beta must be a positive finite number; got {beta!r}."
+            )
+        return beta
+    try:
+        arr = jnp.asarray(beta)
+    except TypeError as err:
+        raise TypeError(
+            f"{fn}: beta must be a positive number or a real array; got {type(beta).__name__}."
+        ) from err
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: a beta array must have a floating dtype (float16, bfloat16, float32, "
+            f"float64); got {arr.dtype}. Pass a Python number for a fixed beta."
+        )
+    return arr
+
+
+def check_threshold(fn: str, threshold: Any) -> float | None:
+    """Validates ``threshold``: None or a real, non-NaN number."""
+    if threshold is None:
+        return None
+    if not is_static_number(threshold) or math.isnan(float(threshold)):
+        raise ValueError(
+            f"{fn}: threshold must be None or a real number; got {threshold!r}."
+        )
+    return float(threshold)
+
+
+def as_float_array(fn: str, x: Any) -> jax.Array:
+    """Converts ``x`` to a JAX array with a real floating dtype.
+
+    Integers and booleans promote exactly like ``jax.nn.softplus`` (to the default float dtype:
+    float32, or float64 with ``jax_enable_x64``); complex input raises TypeError.
+    """
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{fn}: x has dtype {x.dtype}, but {fn} is defined for real inputs only "
+            "(float16, bfloat16, float32, float64, or integers, which promote to float)."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
+            raise TypeError(
+                f"{fn}: x must be a real numeric array; got dtype {x.dtype}."
+            )
+        x = x.astype(jnp.result_type(x.dtype, float))
+    return x
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """The dtype a kernel computes in: float32 for half precision, the dtype itself otherwise.
+
+    Half-precision inputs are upcast once and the result is rounded once, so the only error
+    beyond float32's is the final rounding.
+    """
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
