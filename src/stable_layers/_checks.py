@@ -102,3 +102,51 @@ def compute_dtype(dtype: Any) -> Any:
     beyond float32's is the final rounding.
     """
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Checks used by the framework layers (stable_layers.equinox / .linen / .nnx).
+# --------------------------------------------------------------------------------------
+
+FLOAT_DTYPE_CHOICES = "a floating dtype such as jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64"
+
+
+def check_layer_beta(fn: str, beta: Any) -> float:
+    """Validates a layer's ``beta``: a positive finite Python or NumPy number.
+
+    A layer's β is a hyperparameter (the fixed β, or the initial β when ``learnable=True``),
+    so unlike the kernel's ``beta`` it cannot be an array: a learnable β lives in the layer's
+    parameter instead.
+    """
+    if not is_static_number(beta):
+        raise TypeError(
+            f"{fn}: beta must be a positive finite number (the fixed beta, or the initial beta "
+            f"when learnable=True); got {beta!r}. For a trainable beta pass learnable=True."
+        )
+    return check_beta(fn, beta)
+
+
+def check_bool(fn: str, name: str, value: Any) -> bool:
+    """Returns ``value`` as a bool if it is True or False; raises TypeError otherwise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def check_float_dtype(fn: str, name: str, dtype: Any, *, allow_none: bool = False) -> Any:
+    """Returns ``dtype`` if it names a floating dtype (or is None where allowed).
+
+    Raises ValueError for anything else (an integer or complex dtype, a non-dtype), naming the
+    argument, the value and the valid choices.
+    """
+    if dtype is None and allow_none:
+        return None
+    try:
+        # np.dtype(None) is float64, so None is rejected explicitly.
+        ok = dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        ok = False
+    if not ok:
+        choices = FLOAT_DTYPE_CHOICES + (", or None" if allow_none else "")
+        raise ValueError(f"{fn}: {name} must be {choices}; got {dtype!r}.")
+    return dtype
