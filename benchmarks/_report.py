@@ -1,0 +1,430 @@
+"""Goals, the markdown tables and the plots, all computed from the results dict."""
+
+from __future__ import annotations
+
+import math
+import os
+
+MIB = 1 << 20
+BIG = 1 << 16  # sizes from here on are not dominated by dispatch overhead
+
+
+def _geo(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def _rows(res, fam, dtype, kind):
+    return [
+        r
+        for r in res["kernel_time"]
+        if r["family"] == fam and r["dtype"] == dtype and r["pass"] == kind
+    ]
+
+
+def _ratio_summary(res, fam, dtype, kind, key):
+    rows = _rows(res, fam, dtype, kind)
+    big = [r for r in rows if r["elements"] >= BIG] or rows
+    ratios = [r["results"][key]["ratio"] for r in big]
+    last = big[-1]
+    return {
+        "geomean": _geo(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "from_elements": big[0]["elements"],
+        "largest": last["elements"],
+        "at_largest": last["results"][key]["ratio"],
+        "of_bound_at_largest": last["results"][key]["of_bound"],
+    }
+
+
+def _exp2(n):
+    return f"2^{int(round(math.log2(n)))}"
+
+
+def _time_evidence(res, fam, dtype, key, ref):
+    """Why a time ratio is what it is: bandwidth fraction, HLO op counts, op-level cost."""
+    s = _ratio_summary(res, fam, dtype, "fwd_bwd", key)
+    rs = _ratio_summary(res, fam, dtype, "fwd_bwd", ref)
+    hlo = res["evidence"]["hlo_fwd_bwd_float32"]
+    ops = res["evidence"]["op_time"]["results"]
+    op_txt = ", ".join(f"{k} {v['ns_per_element']:.2f}" for k, v in ops.items())
+    return (
+        f"At {_exp2(s['largest'])} the kernel reaches {s['of_bound_at_largest']:.2f} of the "
+        f"measured bandwidth bound ({rs['of_bound_at_largest']:.2f} for the reference), so it "
+        f"is compute-bound. Optimized HLO of the float32 fwd+bwd: {hlo[key]['transcendental']} "
+        f"({hlo[key]['elementwise_ops']} elementwise ops) vs the reference's "
+        f"{hlo[ref]['transcendental']} ({hlo[ref]['elementwise_ops']}). Op-level cost, ns per "
+        f"float32 element: {op_txt}."
+    )
+
+
+def goals(res) -> list[dict]:
+    out = []
+    kt_dtypes = sorted({r["dtype"] for r in res["kernel_time"]}, key=["float32", "bfloat16"].index)
+
+    def add(gid, goal, measured, target, holds, detail):
+        out.append(
+            {
+                "id": gid,
+                "goal": goal,
+                "measured": measured,
+                "target": target,
+                "holds": bool(holds),
+                "detail": detail,
+            }
+        )
+
+    # 1. softplus fwd+bwd time.
+    for key, name in [
+        ("ours_softplus_output", "softplus residual=output (default)"),
+        ("ours_softplus_input_seed000", "stable_log1pexp (residual=input)"),
+    ]:
+        for dtype in kt_dtypes:
+            s = _ratio_summary(res, "softplus", dtype, "fwd_bwd", key)
+            holds = s["geomean"] <= 1.0
+            detail = (
+                f"geometric mean over {_exp2(s['from_elements'])}..{_exp2(s['largest'])}: "
+                f"{s['geomean']:.2f}x (range {s['min']:.2f}-{s['max']:.2f}x; "
+                f"{s['at_largest']:.2f}x at {_exp2(s['largest'])})."
+            )
+            if not holds:
+                detail += " " + _time_evidence(res, "softplus", dtype, key, "jax_nn_softplus")
+            add(
+                f"softplus_time_{key}_{dtype}",
+                f"{name} fwd+bwd time <= 1.0x jax.nn.softplus ({dtype})",
+                s["geomean"],
+                1.0,
+                holds,
+                detail,
+            )
+
+    # 2. MLP temp memory at depth 8, both modes.
+    temp = res["mlp_temp"]["temp_bytes"]
+    d = "8"
+    for key in ("ours_softplus_output", "ours_softplus_output_jvp"):
+        r_sp = temp[key][d] / temp["jax_nn_softplus"][d]
+        r_id = temp[key][d] / temp["identity"][d]
+        add(
+            f"mlp_temp_vs_softplus_{key}",
+            f"MLP step temp memory, depth 8, {res['variants'][key]['label']}: "
+            "<= 0.7x jax.nn.softplus",
+            r_sp,
+            0.7,
+            r_sp <= 0.7,
+            f"{temp[key][d] / MIB:.1f} MiB vs {temp['jax_nn_softplus'][d] / MIB:.1f} MiB.",
+        )
+        add(
+            f"mlp_temp_vs_identity_{key}",
+            f"MLP step temp memory, depth 8, {res['variants'][key]['label']}: <= 1.05x identity",
+            r_id,
+            1.05,
+            r_id <= 1.05,
+            f"{temp[key][d] / MIB:.1f} MiB vs {temp['identity'][d] / MIB:.1f} MiB.",
+        )
+
+    # 3. MLP step time.
+    st = res["mlp_step"]["results"]
+    r = st["ours_softplus_output"]["ratio"]
+    add(
+        "mlp_step_time",
+        "MLP step time (depth 8), softplus residual=output: <= 1.05x jax.nn.softplus",
+        r,
+        1.05,
+        r <= 1.05,
+        f"{st['ours_softplus_output']['median_s'] * 1e3:.1f} ms vs "
+        f"{st['jax_nn_softplus']['median_s'] * 1e3:.1f} ms (identity "
+        f"{st['identity']['median_s'] * 1e3:.1f} ms); the matmuls dominate the step.",
+    )
+
+    # 4. x*sin(x) fwd+bwd time, and the ratio to torch.
+    for dtype in kt_dtypes:
+        s = _ratio_summary(res, "xsin", dtype, "fwd_bwd", "ours_xsin_derivative")
+        detail = (
+            f"geometric mean over {_exp2(s['from_elements'])}..{_exp2(s['largest'])}: "
+            f"{s['geomean']:.2f}x (range {s['min']:.2f}-{s['max']:.2f}x)."
+        )
+        rows = _rows(res, "xsin", dtype, "fwd_bwd")
+        if rows and "torch_xsin" in rows[0]["results"]:
+            big = [r for r in rows if r["elements"] >= BIG] or rows
+            ours_t = _geo(
+                [
+                    r["results"]["ours_xsin_derivative"]["median_s"]
+                    / r["results"]["torch_xsin"]["median_s"]
+                    for r in big
+                ]
+            )
+            torch_ad = _geo([r["results"]["torch_xsin"]["ratio"] for r in big])
+            detail += (
+                f" Against torch autograd: ours {ours_t:.2f}x torch; torch is {torch_ad:.2f}x "
+                "JAX autodiff."
+            )
+        else:
+            detail += " torch not measured in this run."
+        holds = s["geomean"] <= 1.0
+        if not holds:
+            detail += " " + _time_evidence(
+                res, "xsin", dtype, "ours_xsin_derivative", "autodiff_xsin"
+            )
+        add(
+            f"xsin_time_{dtype}",
+            f"xsin residual=derivative fwd+bwd time <= 1.0x autodiff x*sin(x) ({dtype})",
+            s["geomean"],
+            1.0,
+            holds,
+            detail,
+        )
+
+    # 5. Accuracy never worse than jax.nn.softplus.
+    acc = res["accuracy"]
+    for key in ("ours_softplus_output", "ours_softplus_input_seed000", "ours_softplus_output_jvp"):
+        worst, worse = 0.0, []
+        for dtype, by in acc.items():
+            for part in ("forward", "gradient"):
+                ours, ref = by[key][part], by["jax_nn_softplus"][part]
+                ratio = (ours["max_ulp"] + 1e-12) / (ref["max_ulp"] + 1e-12)
+                worst = max(worst, ratio)
+                if (
+                    ours["max_ulp"] > ref["max_ulp"]
+                    or ours["nonfinite_points"] > ref["nonfinite_points"]
+                ):
+                    worse.append(
+                        f"{dtype} {part}: {ours['max_ulp']:.2f} vs {ref['max_ulp']:.2f} ulp"
+                    )
+        add(
+            f"accuracy_{key}",
+            f"{res['variants'][key]['label']}: max ulp error <= jax.nn.softplus, every dtype",
+            worst,
+            1.0,
+            not worse,
+            "worst ratio of max ulp errors (ours / jax.nn.softplus) over dtypes and "
+            f"forward/gradient: {worst:.2f}."
+            + (" Worse in: " + "; ".join(worse) + "." if worse else ""),
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Markdown.
+# ----------------------------------------------------------------------------------------
+
+
+def _fmt_time(s):
+    if s >= 1e-1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def _label(res, key):
+    return res["variants"][key]["label"]
+
+
+def markdown(res) -> str:
+    m = res["meta"]
+    mach = m["machine"]
+    v = mach["versions"]
+    L = []
+    L.append("# stable_layers benchmarks\n")
+    L.append(
+        f"{m['date_utc']} · `{m['command']}` ({m['mode']} run, {m['duration_s'] / 60:.1f} min) · "
+        f"{mach['cpu']}, {mach['cores']} cores · backend {mach['backend']} · jax {v['jax']}, "
+        f"jaxlib {v['jaxlib']}, flax {v['flax']}, torch {v['torch']} · load average at "
+        f"start/end {m['load_average_1_5_15_start'][0]:.2f}/{m['load_average_1_5_15_end'][0]:.2f}"
+        f" (shared machine).\n\n{mach['torch']}.\n"
+    )
+
+    L.append("## Goals\n")
+    L.append("| goal | measured | target | holds |\n|---|---|---|---|")
+    for g in res["goals"]:
+        L.append(
+            f"| {g['goal']} | {g['measured']:.2f}x | {g['target']:.2f}x | "
+            f"{'yes' if g['holds'] else '**no**'} |"
+        )
+    L.append("")
+    for g in res["goals"]:
+        L.append(f"- **{g['goal']}** — {'holds' if g['holds'] else 'does not hold'}: {g['detail']}")
+    L.append("")
+
+    # Kernel time.
+    L.append("## Kernel time\n")
+    L.append(
+        "Median per call; in each cell: time · ratio to the family's reference "
+        "(`jax.nn.softplus`, autodiff `x*jnp.sin(x)`) · fraction of the measured bandwidth "
+        "bound. Every size is in results.json and scaling.png.\n"
+    )
+    sizes_all = sorted({r["elements"] for r in res["kernel_time"]})
+    show = [n for n in sizes_all if round(math.log2(n)) % 4 == 0] or sizes_all
+    for fam in ("softplus", "xsin"):
+        for kind in ("fwd_bwd", "fwd"):
+            for dtype in ("float32", "bfloat16"):
+                rows = [r for r in _rows(res, fam, dtype, kind) if r["elements"] in show]
+                if not rows:
+                    continue
+                title = "forward+backward" if kind == "fwd_bwd" else "forward"
+                L.append(f"### {fam}, {title}, {dtype}\n")
+                L.append("| variant | " + " | ".join(_exp2(r["elements"]) for r in rows) + " |")
+                L.append("|---" * (len(rows) + 1) + "|")
+                for key in rows[0]["results"]:
+                    cells = [
+                        f"{_fmt_time(r['results'][key]['median_s'])} · "
+                        f"{r['results'][key]['ratio']:.2f}x · {r['results'][key]['of_bound']:.2f}"
+                        for r in rows
+                    ]
+                    L.append(f"| {_label(res, key)} | " + " | ".join(cells) + " |")
+                cells = [
+                    f"{_fmt_time(r['bound']['median_s'])} ({r['bound']['gbytes_per_s']:.1f} GB/s)"
+                    for r in rows
+                ]
+                L.append("| *bound: jitted x\\*c* | " + " | ".join(cells) + " |")
+                L.append("")
+
+    # Residuals.
+    L.append("## Residuals kept for the backward pass\n")
+    L.append("| activation | arrays | bytes per element (float32) | what |\n|---|---|---|---|")
+    for key, r in res["residuals"].items():
+        L.append(
+            f"| {_label(res, key)} | {r['arrays']} | {r['bytes_per_element']:.0f} | "
+            f"{'; '.join(r['what'])} |"
+        )
+    L.append("")
+
+    # MLP temp memory.
+    mt = res["mlp_temp"]
+    L.append(
+        f"## MLP training step: compiled temp memory vs depth (width {mt['width']}, "
+        f"batch {mt['batch']})\n"
+    )
+    depths = [str(d) for d in mt["depths"]]
+    L.append(
+        "| activation | "
+        + " | ".join(f"depth {d} (MiB)" for d in depths)
+        + " | depth 8 / jax.nn.softplus | depth 8 / identity |"
+    )
+    L.append("|---" * (len(depths) + 3) + "|")
+    t = mt["temp_bytes"]
+    for key, by in t.items():
+        L.append(
+            f"| {_label(res, key)} | "
+            + " | ".join(f"{by[d] / MIB:.1f}" for d in depths)
+            + f" | {by['8'] / t['jax_nn_softplus']['8']:.2f} | {by['8'] / t['identity']['8']:.2f} |"
+        )
+    L.append("")
+
+    # MLP step time and RSS.
+    ms, mr = res["mlp_step"], res["mlp_rss"]
+    L.append(
+        f"## MLP training step (depth {ms['depth']}, width {ms['width']}, batch {ms['batch']}): "
+        "time and peak RSS\n"
+    )
+    L.append(
+        "| activation | step time | ratio to jax.nn.softplus | step RSS increase (MiB) | "
+        "peak RSS (MiB) |\n|---|---|---|---|---|"
+    )
+    for key, r in ms["results"].items():
+        rr = mr["results"][key]
+        L.append(
+            f"| {_label(res, key)} | {_fmt_time(r['median_s'])} | {r['ratio']:.3f} | "
+            f"{rr['step_rss_increase_kib'] / 1024:.1f} | {rr['peak_rss_kib'] / 1024:.0f} |"
+        )
+    L.append("")
+
+    # Accuracy.
+    L.append("## Accuracy: max error in ulps vs a float64 reference\n")
+    L.append(
+        "forward / gradient max ulp (99.9th percentile in brackets); `nonfinite` counts points "
+        "where the result is inf/NaN but the reference is finite.\n"
+    )
+    acc = res["accuracy"]
+    dtypes = list(acc)
+    L.append(
+        "| variant | "
+        + " | ".join(f"{d} forward | {d} gradient" for d in dtypes)
+        + " |\n"
+        + "|---" * (2 * len(dtypes) + 1)
+        + "|"
+    )
+    for key in acc[dtypes[0]]:
+        cells = []
+        for d in dtypes:
+            for part in ("forward", "gradient"):
+                a = acc[d][key][part]
+                c = f"{a['max_ulp']:.2f} ({a['p99_9_ulp']:.2f})"
+                if a["nonfinite_points"]:
+                    c += f", nonfinite {a['nonfinite_points']}"
+                cells.append(c)
+        L.append(f"| {_label(res, key)} | " + " | ".join(cells) + " |")
+    L.append("")
+
+    # Evidence.
+    L.append("## Evidence: HLO op counts (float32 fwd+bwd) and op-level timing\n")
+    L.append("| activation | transcendental ops | elementwise ops | fusions |\n|---|---|---|---|")
+    for key, h in res["evidence"]["hlo_fwd_bwd_float32"].items():
+        tr = ", ".join(f"{k} {n}" for k, n in h["transcendental"].items()) or "-"
+        L.append(f"| {_label(res, key)} | {tr} | {h['elementwise_ops']} | {h['fusions']} |")
+    ot = res["evidence"]["op_time"]
+    L.append(f"\nSingle ops on {_exp2(ot['elements'])} float32 elements (one in, one out):\n")
+    L.append("| op | ns per element |\n|---|---|")
+    for k, r in ot["results"].items():
+        L.append(f"| {k} | {r['ns_per_element']:.3f} |")
+    L.append("")
+
+    L.append("## Method\n")
+    L.append(m["method"])
+    L.append(f"\nAllocator: {m['allocator']}.\n")
+    L.append(f"Rerun: `{m['command']}` (writes results.json, results.md and the plots).\n")
+    return "\n".join(L)
+
+
+# ----------------------------------------------------------------------------------------
+# Plots.
+# ----------------------------------------------------------------------------------------
+
+
+def plots(res, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    dtypes = [d for d in ("float32", "bfloat16") if _rows(res, "softplus", d, "fwd_bwd")]
+    fig, axes = plt.subplots(len(dtypes), 2, figsize=(12, 4.5 * len(dtypes)), squeeze=False)
+    for i, dtype in enumerate(dtypes):
+        for j, fam in enumerate(("softplus", "xsin")):
+            ax = axes[i][j]
+            rows = _rows(res, fam, dtype, "fwd_bwd")
+            ns = [r["elements"] for r in rows]
+            for key in rows[0]["results"]:
+                ts = [r["results"][key]["median_s"] for r in rows]
+                style = "-" if res["variants"][key]["ours"] else "--"
+                ax.loglog(ns, ts, style, marker="o", ms=3, label=_label(res, key))
+            ax.loglog(ns, [r["bound"]["median_s"] for r in rows], ":", color="k", label="bound")
+            ax.set_title(f"{fam} forward+backward, {dtype}")
+            ax.set_xlabel("elements")
+            ax.set_ylabel("seconds per call (median)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "scaling.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path)
+
+    mt = res["mlp_temp"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, by in mt["temp_bytes"].items():
+        ds = mt["depths"]
+        style = "-" if res["variants"][key]["ours"] else "--"
+        ax.plot(ds, [by[str(d)] / MIB for d in ds], style, marker="o", label=_label(res, key))
+    ax.set_xlabel("depth")
+    ax.set_ylabel("compiled temp memory (MiB)")
+    ax.set_title(f"MLP training step, width {mt['width']}, batch {mt['batch']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "memory_depth.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path)
+    return files
