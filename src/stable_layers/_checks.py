@@ -39,15 +39,11 @@ def check_beta(fn: str, beta: Any) -> float | jax.Array:
     cannot be checked under ``jit``; the layers keep a learnable β positive by construction.
     """
     if isinstance(beta, bool):
-        raise TypeError(
-            f"{fn}: beta must be a positive number or a real array; got {beta!r}."
-        )
+        raise TypeError(f"{fn}: beta must be a positive number or a real array; got {beta!r}.")
     if is_static_number(beta):
         beta = float(beta)
         if not (beta > 0 and math.isfinite(beta)):
-            raise ValueError(
-                f"{fn}: beta must be a positive finite number; got {beta!r}."
-            )
+            raise ValueError(f"{fn}: beta must be a positive finite number; got {beta!r}.")
         return beta
     try:
         arr = jnp.asarray(beta)
@@ -68,9 +64,7 @@ def check_threshold(fn: str, threshold: Any) -> float | None:
     if threshold is None:
         return None
     if not is_static_number(threshold) or math.isnan(float(threshold)):
-        raise ValueError(
-            f"{fn}: threshold must be None or a real number; got {threshold!r}."
-        )
+        raise ValueError(f"{fn}: threshold must be None or a real number; got {threshold!r}.")
     return float(threshold)
 
 
@@ -88,10 +82,9 @@ def as_float_array(fn: str, x: Any) -> jax.Array:
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-            raise TypeError(
-                f"{fn}: x must be a real numeric array; got dtype {x.dtype}."
-            )
-        x = x.astype(jnp.result_type(x.dtype, float))
+            raise TypeError(f"{fn}: x must be a real numeric array; got dtype {x.dtype}.")
+        # Exactly jax.nn.softplus's promotion (which depends on jax_enable_x64).
+        x = x.astype(jax.eval_shape(jax.nn.softplus, jax.ShapeDtypeStruct((), x.dtype)).dtype)
     return x
 
 

@@ -75,7 +75,7 @@ _LN2 = 0.6931471805599453
 
 @jax.custom_jvp
 def _one_minus_exp_neg(u: jax.Array) -> jax.Array:
-    """1 - exp(-u) for u >= 0, accurate to ~1 ulp in float32 (used as sigmoid from softplus's output).
+    """1 - exp(-u) for u >= 0 to ~1 ulp in float32: sigmoid from softplus's output.
 
     ``1 - exp(-u)`` cancels for small u, and XLA's float32 ``expm1`` is up to 5 ulp off there
     (measured on CPU, see benchmarks/). Below ln 2 a degree-11 Taylor polynomial in nested
@@ -195,9 +195,7 @@ def _softplus_jvp_static_rule(beta, residual, primals, tangents):
     def tangent_map(saved, dx):
         return _cotangents(saved, beta, dx, residual, x.dtype)
 
-    return y, tangent_map(
-        checkpoint_name(_to_save(x, y, residual, False), RESIDUAL_NAME), dx
-    )
+    return y, tangent_map(checkpoint_name(_to_save(x, y, residual, False), RESIDUAL_NAME), dx)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))

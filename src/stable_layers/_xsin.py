@@ -47,9 +47,7 @@ def _derivative(saved: tuple[jax.Array, ...], residual: str) -> jax.Array:
 
 
 def _apply(saved, g, residual):
-    return (g.astype(compute_dtype(g.dtype)) * _derivative(saved, residual)).astype(
-        g.dtype
-    )
+    return (g.astype(compute_dtype(g.dtype)) * _derivative(saved, residual)).astype(g.dtype)
 
 
 # mode="jvp": the tangent map runs under jax.checkpoint so that, when reverse mode linearizes
@@ -63,9 +61,7 @@ def _xsin_jvp(x, residual):
 def _xsin_jvp_rule(residual, primals, tangents):
     (x,), (dx,) = primals, tangents
     tangent_map = jax.checkpoint(functools.partial(_apply, residual=residual))
-    return _forward(x), tangent_map(
-        checkpoint_name(_to_save(x, residual), RESIDUAL_NAME), dx
-    )
+    return _forward(x), tangent_map(checkpoint_name(_to_save(x, residual), RESIDUAL_NAME), dx)
 
 
 # mode="vjp": the forward computes the residual once; the backward is one multiply for the
