@@ -203,6 +203,24 @@ def goals(res) -> list[dict]:
     return out
 
 
+def noise_floor(res) -> list[str]:
+    """Ratios of flax.linen.softplus (identical to jax.nn.softplus): the measurement noise."""
+    key, out = "flax_linen_softplus", []
+    for dtype in ("float32", "bfloat16"):
+        rows = _rows(res, "softplus", dtype, "fwd_bwd")
+        if rows and key in rows[0]["results"]:
+            s = _ratio_summary(res, "softplus", dtype, "fwd_bwd", key)
+            out.append(
+                f"kernel fwd+bwd {dtype}: geometric mean {s['geomean']:.2f}x, range "
+                f"{s['min']:.2f}-{s['max']:.2f}x over {_exp2(s['from_elements'])}.."
+                f"{_exp2(s['largest'])}"
+            )
+    st = res["mlp_step"]["results"]
+    if key in st:
+        out.append(f"MLP step {st[key]['ratio']:.3f}x")
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # Markdown.
 # ----------------------------------------------------------------------------------------
@@ -245,6 +263,15 @@ def markdown(res) -> str:
     for g in res["goals"]:
         L.append(f"- **{g['goal']}** — {'holds' if g['holds'] else 'does not hold'}: {g['detail']}")
     L.append("")
+
+    noise = noise_floor(res)
+    if noise:
+        L.append(
+            "Noise floor (an A/A control): `flax.linen.softplus` is the same function object as "
+            "`jax.nn.softplus`, so any departure of its ratio from 1.00 is measurement noise. "
+            + "; ".join(noise)
+            + ". Read the time ratios above with that spread in mind.\n"
+        )
 
     # Kernel time.
     L.append("## Kernel time\n")

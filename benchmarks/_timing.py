@@ -3,7 +3,8 @@
 Method: every case of a group is compiled and warmed up, then the group is run in rounds,
 each round timing every case once (A B C A B C ...; the order rotates each round so no case
 always follows the same neighbour). A sample is ``k`` back-to-back calls followed by one
-sync, divided by ``k``, with ``k`` chosen so a sample lasts ``target_s``. The figure is the
+sync, divided by ``k``, with ``k`` chosen so a sample lasts ``target_s`` (one k
+for all cases of a group). The figure is the
 median over rounds; ratios are taken between medians of the same group, so load that comes
 and goes hits every case alike.
 
@@ -96,19 +97,28 @@ def torch_case(torch, f: Callable, x, g, kind: str) -> Case:
     return Case(call, lambda: None)
 
 
-def measure(cases: dict[str, Case], rounds: int, target_s: float) -> dict[str, dict]:
-    """Median seconds per call of each case, measured interleaved. Also the IQR and k."""
+def measure(
+    cases: dict[str, Case], rounds: int, target_s: float, fixed_k: int | None = None
+) -> dict[str, dict]:
+    """Median seconds per call of each case, measured interleaved. Also the IQR and k.
+
+    ``fixed_k`` skips the calibration (for cases that take far longer than ``target_s``).
+    """
     names = list(cases)
-    k = {}
+    calib = []
     for name in names:  # warm-up (compiles) and calibration of k
         c = cases[name]
         c.call()
         c.sync()
-        t0 = time.perf_counter()
-        c.call()
-        c.sync()
-        dt = max(time.perf_counter() - t0, 1e-7)
-        k[name] = max(1, min(10_000, math.ceil(target_s / dt)))
+        if fixed_k is None:
+            t0 = time.perf_counter()
+            c.call()
+            c.sync()
+            calib.append(max(time.perf_counter() - t0, 1e-7))
+    # One k for the whole group: cases compared with each other amortize the dispatch and
+    # sync overhead alike.
+    kk = fixed_k or max(1, min(10_000, math.ceil(target_s / statistics.median(calib))))
+    k = dict.fromkeys(names, kk)
     samples = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
