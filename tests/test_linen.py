@@ -23,7 +23,7 @@ def ref_softplus(x, beta):
 
 
 def to_f64(tree):
-    return jax.tree.map(lambda a: jnp.asarray(a, F64), tree)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
 
 
 def assert_tree_close(actual, ref, rtol):
@@ -39,11 +39,28 @@ def assert_tree_close(actual, ref, rtol):
 
 def big_inputs(n=32, d=2, seed=0):
     # x100: pre-activations reach the hundreds, where exp overflows float32 (x > 88.7).
-    return 100.0 * jax.random.normal(jax.random.key(seed), (n, d), F32)
+    return jnp.asarray(100.0 * np.random.default_rng(seed).normal(size=(n, d)), F32)
 
 
 def naive_overflows(h):
-    return not bool(jnp.all(jnp.isfinite(jnp.log1p(jnp.exp(h.astype(F32))))))
+    """Whether the textbook log1p(exp(h)) is non-finite somewhere, in float32."""
+    with np.errstate(over="ignore"):
+        return not np.all(np.isfinite(np.log1p(np.exp(np.asarray(h, np.float32)))))
+
+
+def outputs_and_grads(forward, params, x):
+    """forward(params, x) and the gradient of mean(forward(params, x)²), in one jit."""
+
+    @jax.jit
+    def run(params, x):
+        def loss(p):
+            y = forward(p, x)
+            return jnp.mean(y**2), y
+
+        (_, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return y, grads
+
+    return run(params, x)
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,17 +118,11 @@ def test_sequential_drop_in_jit_and_grad(learnable, mode):
     x = big_inputs()
     params = jax.jit(model.init)(jax.random.key(1), x)["params"]
     assert ("layers_3" in params) == learnable
-    assert naive_overflows(x @ params["layers_0"]["kernel"] + params["layers_0"]["bias"])
+    p0 = jax.tree.map(np.asarray, params["layers_0"])
+    assert naive_overflows(np.asarray(x) @ p0["kernel"] + p0["bias"])
 
-    def loss(p, x):
-        return jnp.mean(model.apply({"params": p}, x) ** 2)
-
-    y = jax.jit(model.apply)({"params": params}, x)
-    grads = jax.jit(jax.grad(loss))(params, x)
-
-    p64, x64 = to_f64(params), x.astype(F64)
-    y_ref = jax.jit(ref_sequential)(p64, x64)
-    grads_ref = jax.jit(jax.grad(lambda p, x: jnp.mean(ref_sequential(p, x) ** 2)))(p64, x64)
+    y, grads = outputs_and_grads(lambda p, x: model.apply({"params": p}, x), params, x)
+    y_ref, grads_ref = outputs_and_grads(ref_sequential, to_f64(params), x.astype(F64))
     assert y.dtype == F32
     assert_tree_close(y, y_ref, rtol=1e-5)
     assert_tree_close(grads, grads_ref, rtol=1e-4)
@@ -121,17 +132,16 @@ def test_sequential_drop_in_jit_and_grad(learnable, mode):
 
 def test_xsin_in_sequential():
     model = nn.Sequential([nn.Dense(8), XSin(), nn.Dense(1)])
-    x = jax.random.normal(jax.random.key(5), (16, 3), F32)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(16, 3)), F32)
     params = jax.jit(model.init)(jax.random.key(4), x)["params"]
 
     def ref(p, x):
         h = x @ p["layers_0"]["kernel"] + p["layers_0"]["bias"]
         return (h * jnp.sin(h)) @ p["layers_2"]["kernel"] + p["layers_2"]["bias"]
 
-    grads = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply({"params": p}, x))))(params, x)
-    p64, x64 = to_f64(params), x.astype(F64)
-    grads_ref = jax.jit(jax.grad(lambda p, x: jnp.sum(ref(p, x))))(p64, x64)
-    assert_tree_close(jax.jit(model.apply)({"params": params}, x), ref(p64, x64), rtol=1e-5)
+    y, grads = outputs_and_grads(lambda p, x: model.apply({"params": p}, x), params, x)
+    y_ref, grads_ref = outputs_and_grads(ref, to_f64(params), x.astype(F64))
+    assert_tree_close(y, y_ref, rtol=1e-5)
     assert_tree_close(grads, grads_ref, rtol=1e-4)
 
 
@@ -144,11 +154,12 @@ def test_inside_compact_module():
             return nn.Dense(1)(h)
 
     x = big_inputs(8, 3, seed=6)
-    variables = Block().init(KEY, x)
-    assert jnp.exp(variables["params"]["Softplus_0"]["log_beta"]) == 2.0
-    p = variables["params"]
-    h = x.astype(F64) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
-    y_ref = ref_softplus(h, 2.0) @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    variables = jax.jit(Block().init)(KEY, x)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    np.testing.assert_allclose(np.exp(p["Softplus_0"]["log_beta"]), 2.0, rtol=1e-7)
+    h = np.asarray(x, np.float64) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+    assert naive_overflows(h)
+    y_ref = np.logaddexp(0.0, 2.0 * h) / 2.0 @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
     assert_tree_close(jax.jit(Block().apply)(variables, x), y_ref, rtol=1e-5)
 
 

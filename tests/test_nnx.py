@@ -23,7 +23,7 @@ def ref_softplus(x, beta):
 
 
 def to_f64(tree):
-    return jax.tree.map(lambda a: jnp.asarray(a, F64), tree)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
 
 
 def assert_tree_close(actual, ref, rtol):
@@ -39,11 +39,44 @@ def assert_tree_close(actual, ref, rtol):
 
 def big_inputs(n=32, d=2, seed=0):
     # x100: pre-activations reach the hundreds, where exp overflows float32 (x > 88.7).
-    return 100.0 * jax.random.normal(jax.random.key(seed), (n, d), F32)
+    return jnp.asarray(100.0 * np.random.default_rng(seed).normal(size=(n, d)), F32)
 
 
 def naive_overflows(h):
-    return not bool(jnp.all(jnp.isfinite(jnp.log1p(jnp.exp(h.astype(F32))))))
+    """Whether the textbook log1p(exp(h)) is non-finite somewhere, in float32."""
+    with np.errstate(over="ignore"):
+        return not np.all(np.isfinite(np.log1p(np.exp(np.asarray(h, np.float32)))))
+
+
+def outputs_and_grads(forward, params, x):
+    """forward(params, x) and the gradient of mean(forward(params, x)²), in one jit."""
+
+    @jax.jit
+    def run(params, x):
+        def loss(p):
+            y = forward(p, x)
+            return jnp.mean(y**2), y
+
+        (_, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return y, grads
+
+    return run(params, x)
+
+
+def module_outputs_and_grads(model, x):
+    """model(x) and the nnx.grad of mean(model(x)²), in one nnx.jit; grads as a pure dict."""
+
+    @nnx.jit
+    def run(m, x):
+        def loss(m):
+            y = m(x)
+            return jnp.mean(y**2), y
+
+        (_, y), grads = nnx.value_and_grad(loss, has_aux=True)(m)
+        return y, grads
+
+    y, grads = run(model, x)
+    return y, nnx.to_pure_dict(grads)["layers"]
 
 
 def params_dict(model):
@@ -105,18 +138,11 @@ def test_sequential_drop_in_jit_and_grad(learnable, mode):
     x = big_inputs()
     p = params_dict(model)["layers"]
     assert (3 in p) == learnable
-    assert naive_overflows(x @ p[0]["kernel"] + p[0]["bias"])
+    p0 = jax.tree.map(np.asarray, p[0])
+    assert naive_overflows(np.asarray(x) @ p0["kernel"] + p0["bias"])
 
-    def loss(m, x):
-        return jnp.mean(m(x) ** 2)
-
-    y = nnx.jit(lambda m, x: m(x))(model, x)
-    grads = nnx.jit(nnx.grad(loss))(model, x)
-    grads = nnx.to_pure_dict(grads)["layers"]
-
-    p64, x64 = to_f64(p), x.astype(F64)
-    y_ref = jax.jit(ref_sequential)(p64, x64)
-    grads_ref = jax.jit(jax.grad(lambda p, x: jnp.mean(ref_sequential(p, x) ** 2)))(p64, x64)
+    y, grads = module_outputs_and_grads(model, x)
+    y_ref, grads_ref = outputs_and_grads(ref_sequential, to_f64(p), x.astype(F64))
     assert y.dtype == F32
     assert_tree_close(y, y_ref, rtol=1e-5)
     assert_tree_close(grads, grads_ref, rtol=1e-4)
@@ -127,18 +153,17 @@ def test_sequential_drop_in_jit_and_grad(learnable, mode):
 def test_xsin_in_sequential():
     rngs = nnx.Rngs(4)
     model = nnx.Sequential(nnx.Linear(3, 8, rngs=rngs), XSin(), nnx.Linear(8, 1, rngs=rngs))
-    x = jax.random.normal(jax.random.key(5), (16, 3), F32)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(16, 3)), F32)
     p = params_dict(model)["layers"]
 
     def ref(p, x):
         h = x @ p[0]["kernel"] + p[0]["bias"]
         return (h * jnp.sin(h)) @ p[2]["kernel"] + p[2]["bias"]
 
-    grads = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x))))(model, x)
-    p64, x64 = to_f64(p), x.astype(F64)
-    grads_ref = jax.jit(jax.grad(lambda p, x: jnp.sum(ref(p, x))))(p64, x64)
-    assert_tree_close(nnx.jit(lambda m, x: m(x))(model, x), ref(p64, x64), rtol=1e-5)
-    assert_tree_close(nnx.to_pure_dict(grads)["layers"], grads_ref, rtol=1e-4)
+    y, grads = module_outputs_and_grads(model, x)
+    y_ref, grads_ref = outputs_and_grads(ref, to_f64(p), x.astype(F64))
+    assert_tree_close(y, y_ref, rtol=1e-5)
+    assert_tree_close(grads, grads_ref, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------
