@@ -41,6 +41,9 @@ class Softplus(nn.Module):
     construction for any value an optimiser gives it; ``dy/dlog_beta = -H(βx)/β``, with H the
     binary entropy of ``sigmoid(βx)``.
 
+    In floating point β is a finite, normal positive number for ``-87 < log_beta < 88``
+    (``-9.7 < log_beta < 11`` for float16 inputs, since β is cast to the input's dtype).
+
     The textbook ``jnp.log1p(jnp.exp(beta * x)) / beta`` overflows to ``inf`` once ``βx > 88.7``
     in float32 (11.1 in float16) and its gradient is then NaN. This layer calls
     :func:`stable_layers.softplus`, which is finite for every finite input in every float dtype,
@@ -85,6 +88,10 @@ class Softplus(nn.Module):
         -0.3465736
         >>> print(Softplus().apply({}, x.astype(jnp.bfloat16)).dtype)
         bfloat16
+
+    References:
+        ``torch.nn.Softplus`` for the ``beta``/``threshold`` convention; ``flax.linen.PReLU``
+        for casting the parameter to the input's dtype.
     """
 
     beta: float = 1.0

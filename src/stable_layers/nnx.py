@@ -42,6 +42,9 @@ class Softplus(nnx.Module):
     binary entropy of ``sigmoid(βx)``. With ``learnable=False`` (default) ``log_beta`` is None
     and the layer's state is empty.
 
+    In floating point β is a finite, normal positive number for ``-87 < log_beta < 88``
+    (``-9.7 < log_beta < 11`` for float16 inputs, since β is cast to the input's dtype).
+
     The textbook ``jnp.log1p(jnp.exp(beta * x)) / beta`` overflows to ``inf`` once ``βx > 88.7``
     in float32 (11.1 in float16) and its gradient is then NaN. This layer calls
     :func:`stable_layers.softplus`, which is finite for every finite input in every float dtype,
@@ -88,6 +91,10 @@ class Softplus(nnx.Module):
         -0.3465736
         >>> print(Softplus()(x.astype(jnp.bfloat16)).dtype)
         bfloat16
+
+    References:
+        ``torch.nn.Softplus`` for the ``beta``/``threshold`` convention; ``flax.nnx.PReLU``
+        for ``param_dtype``/``dtype`` and casting the parameter to the input's dtype.
     """
 
     def __init__(
