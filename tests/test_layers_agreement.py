@@ -87,7 +87,9 @@ def softplus_impls(beta, threshold, learnable, residual, mode, param_dtype=F32):
     lkw = dict(learnable=learnable, residual=residual, mode=mode, param_dtype=param_dtype)
 
     def functional(x, lb):
-        b = beta if lb is None else jnp.exp(lb).astype(x.dtype)
+        # β in the dtype the kernel computes x in (integers promote as in jax.nn.softplus).
+        x_float = jax.eval_shape(jax.nn.softplus, x).dtype
+        b = beta if lb is None else jnp.exp(lb).astype(x_float)
         return sl.softplus(x, beta=b, **kw)
 
     m_eqx = sl_eqx.Softplus(beta, threshold, **lkw)
@@ -213,3 +215,15 @@ def test_jvp_mode_hessians_agree_across_frameworks():
     for name, h in hessians.items():
         assert np.all(np.isfinite(h)), name
         np.testing.assert_array_equal(h, hessians["functional"], err_msg=name)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_integer_inputs_promote_like_the_kernel(learnable):
+    x = jnp.arange(-3, 4, dtype=jnp.int32)
+    impls = softplus_impls(1.0, None, learnable, "output", "vjp")
+    lb = jnp.asarray(0.0, F32) if learnable else None
+    ys = {k: jax.jit(f)(x, lb) for k, f in impls.items()}
+    expected = sl.softplus(x)  # integers promote as in jax.nn.softplus; β = exp(0) = 1
+    for name, y in ys.items():
+        assert y.dtype == expected.dtype, name
+        np.testing.assert_array_equal(y, expected, err_msg=name)
