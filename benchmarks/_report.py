@@ -48,21 +48,50 @@ def _time_evidence(res, fam, dtype, key, ref):
     hlo = res["evidence"]["hlo_fwd_bwd_float32"]
     ops = res["evidence"]["op_time"]["results"]
     op_txt = ", ".join(f"{k} {v['ns_per_element']:.2f}" for k, v in ops.items())
-    return (
-        f"At {_exp2(s['largest'])} the kernel reaches {s['of_bound_at_largest']:.2f} of the "
-        f"measured bandwidth bound ({rs['of_bound_at_largest']:.2f} for the reference), so it "
-        f"is compute-bound. Optimized HLO of the float32 fwd+bwd: {hlo[key]['transcendental']} "
-        f"({hlo[key]['elementwise_ops']} elementwise ops) vs the reference's "
-        f"{hlo[ref]['transcendental']} ({hlo[ref]['elementwise_ops']}). Op-level cost, ns per "
-        f"float32 element: {op_txt}."
+    frac = s["of_bound_at_largest"]
+    bound_txt = "so it is compute-bound, not bandwidth-bound" if frac < 0.5 else "near the limit"
+    same = hlo[key]["transcendental"] == hlo[ref]["transcendental"]
+    txt = (
+        f"At {_exp2(s['largest'])} the kernel reaches {frac:.2f} of the measured bandwidth "
+        f"bound ({rs['of_bound_at_largest']:.2f} for the reference), {bound_txt}. Optimized "
+        f"HLO of the float32 fwd+bwd: {hlo[key]['transcendental']} "
+        f"({hlo[key]['elementwise_ops']} elementwise ops, {hlo[key]['fusions']} fusions) vs the "
+        f"reference's {hlo[ref]['transcendental']} ({hlo[ref]['elementwise_ops']} elementwise "
+        f"ops, {hlo[ref]['fusions']} fusions). Op-level cost, ns per float32 element: {op_txt}."
     )
+    small = [r for r in _rows(res, fam, dtype, "fwd_bwd") if r["elements"] < BIG]
+    if small and hlo[key]["elementwise_ops"] > 1.5 * hlo[ref]["elementwise_ops"]:
+        g = _geo([r["results"][key]["ratio"] for r in small])
+        txt += (
+            f" The kernel has {hlo[key]['elementwise_ops'] / hlo[ref]['elementwise_ops']:.1f}x "
+            "the reference's elementwise ops; where the data sit in cache and arithmetic "
+            f"dominates ({_exp2(small[0]['elements'])}..{_exp2(small[-1]['elements'])}) its "
+            f"ratio is {g:.2f}x."
+        )
+    if same:
+        txt += (
+            " Both evaluate the same transcendental ops: in an isolated jitted fwd+bwd XLA "
+            "fuses the forward and the backward into loops that recompute from x, so the "
+            "residual policy changes what a training step stores, not what this benchmark "
+            "computes; the transcendental cost sets both times and the ratio is 1 within noise "
+            "(see the A/A noise floor)."
+        )
+    return txt
 
 
 def goals(res) -> list[dict]:
     out = []
     kt_dtypes = sorted({r["dtype"] for r in res["kernel_time"]}, key=["float32", "bfloat16"].index)
 
-    def add(gid, goal, measured, target, holds, detail):
+    def add(gid, goal, measured, target, holds, detail, noise=None):
+        if noise is not None:
+            resolved = abs(measured - target) > noise
+            detail += (
+                f" A/A noise floor of this statistic: +-{noise:.2f} (the same statistic for "
+                "flax.linen.softplus vs jax.nn.softplus, one function); the margin to the target "
+                "is "
+                + ("larger, so the verdict is resolved." if resolved else "smaller: not resolved.")
+            )
         out.append(
             {
                 "id": gid,
@@ -70,9 +99,21 @@ def goals(res) -> list[dict]:
                 "measured": measured,
                 "target": target,
                 "holds": bool(holds),
+                "noise_floor": noise,
                 "detail": detail,
             }
         )
+
+    def kernel_noise(dtype):
+        rows = _rows(res, "softplus", dtype, "fwd_bwd")
+        big = [r for r in rows if r["elements"] >= BIG] or rows
+        if not big or "flax_linen_softplus" not in big[0]["results"]:
+            return None
+        # The same statistic as the goal (geometric mean over the same sizes) for A vs A.
+        return abs(_geo([r["results"]["flax_linen_softplus"]["ratio"] for r in big]) - 1)
+
+    def unresolved(measured, noise):
+        return noise is not None and abs(measured - 1.0) <= noise
 
     # 1. softplus fwd+bwd time.
     for key, name in [
@@ -87,7 +128,7 @@ def goals(res) -> list[dict]:
                 f"{s['geomean']:.2f}x (range {s['min']:.2f}-{s['max']:.2f}x; "
                 f"{s['at_largest']:.2f}x at {_exp2(s['largest'])})."
             )
-            if not holds:
+            if not holds or unresolved(s["geomean"], kernel_noise(dtype)):
                 detail += " " + _time_evidence(res, "softplus", dtype, key, "jax_nn_softplus")
             add(
                 f"softplus_time_{key}_{dtype}",
@@ -96,6 +137,7 @@ def goals(res) -> list[dict]:
                 1.0,
                 holds,
                 detail,
+                kernel_noise(dtype),
             )
 
     # 2. MLP temp memory at depth 8, both modes.
@@ -125,6 +167,9 @@ def goals(res) -> list[dict]:
     # 3. MLP step time.
     st = res["mlp_step"]["results"]
     r = st["ours_softplus_output"]["ratio"]
+    step_noise = (
+        abs(st["flax_linen_softplus"]["ratio"] - 1) if "flax_linen_softplus" in st else None
+    )
     add(
         "mlp_step_time",
         "MLP step time (depth 8), softplus residual=output: <= 1.05x jax.nn.softplus",
@@ -134,6 +179,7 @@ def goals(res) -> list[dict]:
         f"{st['ours_softplus_output']['median_s'] * 1e3:.1f} ms vs "
         f"{st['jax_nn_softplus']['median_s'] * 1e3:.1f} ms (identity "
         f"{st['identity']['median_s'] * 1e3:.1f} ms); the matmuls dominate the step.",
+        step_noise,
     )
 
     # 4. x*sin(x) fwd+bwd time, and the ratio to torch.
@@ -161,7 +207,7 @@ def goals(res) -> list[dict]:
         else:
             detail += " torch not measured in this run."
         holds = s["geomean"] <= 1.0
-        if not holds:
+        if not holds or unresolved(s["geomean"], kernel_noise(dtype)):
             detail += " " + _time_evidence(
                 res, "xsin", dtype, "ours_xsin_derivative", "autodiff_xsin"
             )
@@ -172,6 +218,7 @@ def goals(res) -> list[dict]:
             1.0,
             holds,
             detail,
+            kernel_noise(dtype),
         )
 
     # 5. Accuracy never worse than jax.nn.softplus.
@@ -253,11 +300,22 @@ def markdown(res) -> str:
     )
 
     L.append("## Goals\n")
-    L.append("| goal | measured | target | holds |\n|---|---|---|---|")
+    L.append(
+        "| goal | measured | target | holds | margin beyond the A/A noise floor |\n"
+        "|---|---|---|---|---|"
+    )
     for g in res["goals"]:
+        nf = g.get("noise_floor")
+        res_txt = (
+            "-"
+            if nf is None
+            else (
+                f"yes (±{nf:.2f})" if abs(g["measured"] - g["target"]) > nf else f"no (±{nf:.2f})"
+            )
+        )
         L.append(
             f"| {g['goal']} | {g['measured']:.2f}x | {g['target']:.2f}x | "
-            f"{'yes' if g['holds'] else '**no**'} |"
+            f"{'yes' if g['holds'] else '**no**'} | {res_txt} |"
         )
     L.append("")
     for g in res["goals"]:

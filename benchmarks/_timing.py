@@ -1,12 +1,13 @@
 """Interleaved timing that survives a noisy shared machine.
 
 Method: every case of a group is compiled and warmed up, then the group is run in rounds,
-each round timing every case once (A B C A B C ...; the order rotates each round so no case
-always follows the same neighbour). A sample is ``k`` back-to-back calls followed by one
-sync, divided by ``k``, with ``k`` chosen so a sample lasts ``target_s`` (one k
-for all cases of a group). The figure is the
-median over rounds; ratios are taken between medians of the same group, so load that comes
-and goes hits every case alike.
+each round timing every case once (A B C, C A B, ...; a fresh seeded shuffle each round, so
+no case always follows the same neighbour: torch's OpenMP threads spin for a while after a
+call, and a fixed order would charge that to whichever case comes next). A sample is ``k``
+back-to-back calls followed by one sync, divided by ``k``; one ``k`` for all cases of a
+group, chosen so a sample lasts about ``target_s``. The figure is the median over rounds;
+ratios are taken between medians of the same group, so load that comes and goes hits every
+case alike.
 
 Allocation is kept out of the timed region: JAX cases write their outputs into donated
 buffers (the outputs of the previous call), and the process's malloc is told not to return
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -120,8 +122,9 @@ def measure(
     kk = fixed_k or max(1, min(10_000, math.ceil(target_s / statistics.median(calib))))
     k = dict.fromkeys(names, kk)
     samples = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+    rng = random.Random(len(names) * 1_000_003 + rounds)
+    for _ in range(rounds):
+        order = rng.sample(names, len(names))
         for name in order:
             c = cases[name]
             t0 = time.perf_counter()

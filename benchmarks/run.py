@@ -99,7 +99,7 @@ jax.vjp(f, x) followed by the pullback of a cotangent g, returning (f(x), dx). I
 uniform on [-8, 8]. Outputs are written into donated buffers (the previous call's outputs), so
 the allocator is not timed; glibc malloc keeps freed memory (mallopt) so torch's fresh tensors
 do not page-fault. Every case of a group (one family, dtype, pass and size, plus the bound)
-is warmed up, then timed in interleaved rounds (A B C A B C ..., order rotated each round);
+is warmed up, then timed in interleaved rounds (A B C, C A B, ...: a seeded shuffle per round);
 a sample is k back-to-back calls and one sync, one k per group, chosen so a sample lasts about
 target_s for the median case; the
 figure is the median over rounds. Ratios are between medians of the same group.
@@ -351,7 +351,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--no-torch", action="store_true", help="skip the torch rows")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite
+    p.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="measure nothing: recompute the goals and rewrite results.md and the plots "
+        "from a saved results.json (into --out)",
+    )
     args = p.parse_args(argv)
+    if args.render:
+        return render(args.render, args.out)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     cfg = CONFIGS[mode]
     if args.no_torch:
@@ -419,17 +427,28 @@ def main(argv=None) -> int:
         "accuracy": acc,
         "evidence": evidence,
     }
-    results["goals"] = _report.goals(results)
     results["meta"]["duration_s"] = time.time() - t_start
+    write(results, args.out)
+    log(f"wrote {args.out}/results.json, results.md and plots")
+    return 0
 
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
+
+def write(results: dict, out: str) -> None:
+    results["goals"] = _report.goals(results)
+    with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     md = _report.markdown(results)
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
+    with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(md)
-    _report.plots(results, args.out)
+    _report.plots(results, out)
     print(md)
-    log(f"wrote {args.out}/results.json, results.md and plots")
+
+
+def render(path: str, out: str) -> int:
+    with open(path) as fh:
+        results = json.load(fh)
+    os.makedirs(out, exist_ok=True)
+    write(results, out)
     return 0
 
 
