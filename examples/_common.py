@@ -231,7 +231,14 @@ class Run:
     predict: Callable[[Any, jax.Array], jax.Array]
 
 
-def train(activation: str, run: Run, args: argparse.Namespace, order: np.ndarray, place) -> dict:
+def train(
+    activation: str, run: Run, args: argparse.Namespace, order: np.ndarray, place: Placement
+) -> dict:
+    """Runs ``args.steps`` steps over the batches in ``order``; returns the run's metrics entry.
+
+    Stops at the first non-finite loss and keeps the parameters from before it (see the module
+    docstring for what is recorded then).
+    """
     data: Dataset = args.data
     state = place.replicate(run.state)
     losses: list[float | None] = []
