@@ -68,8 +68,6 @@ def test_residuals_are_named_for_checkpoint_policies():
     for f, name in [(sl.softplus, "stable_layers.softplus"), (sl.xsin, "stable_layers.xsin")]:
         for mode in ("vjp", "jvp"):
             g = functools.partial(f, mode=mode)
-            descs = [d for _, d in saved_residuals(lambda x: jnp.sum(g(x)), X)]
-            assert any(name in d for d in descs), descs
 
             # A policy that saves only that name keeps exactly one array (the kernel's
             # residual); one naming something else keeps none and recomputes.

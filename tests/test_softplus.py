@@ -292,11 +292,12 @@ def test_traced_beta_gradient_matches_analytic(residual, mode):
     )(x, beta)
     np.testing.assert_allclose(per_elem, dy_db, rtol=1e-13)
     np.testing.assert_allclose(gx, np.asarray(w) * sigmoid_ref(1.7 * np.asarray(x)), rtol=1e-13)
-    # A traced beta gives the same values and x-gradients as the same static beta.
+    # A traced beta gives the same x-gradients as the same static beta (to an ulp: XLA may
+    # fold a constant beta into the products differently).
     static = jax.grad(
         lambda x: jnp.sum(w * sl.softplus(x, beta=1.7, residual=residual, mode=mode))
     )(x)
-    np.testing.assert_array_equal(gx, static)
+    np.testing.assert_allclose(gx, static, rtol=4e-16, atol=0)
 
 
 def test_per_feature_beta_broadcasts_and_sums():
