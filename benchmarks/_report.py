@@ -298,6 +298,14 @@ def markdown(res) -> str:
         f"start/end {m['load_average_1_5_15_start'][0]:.2f}/{m['load_average_1_5_15_end'][0]:.2f}"
         f" (shared machine).\n\n{mach['torch']}.\n"
     )
+    src = m.get("stable_layers_source")
+    if src:
+        dirty = src["uncommitted_changes"]
+        L.append(
+            f"stable_layers measured at commit `{src['git_commit'][:12]}`"
+            + (f", with uncommitted changes: {', '.join(dirty)}" if dirty else " (clean)")
+            + ".\n"
+        )
 
     L.append("## Goals\n")
     L.append(
@@ -497,16 +505,29 @@ def plots(res, out_dir: str) -> list[str]:
     files.append(path)
 
     mt = res["mlp_temp"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, by in mt["temp_bytes"].items():
-        ds = mt["depths"]
-        style = "-" if res["variants"][key]["ours"] else "--"
-        ax.plot(ds, [by[str(d)] / MIB for d in ds], style, marker="o", label=_label(res, key))
-    ax.set_xlabel("depth")
-    ax.set_ylabel("compiled temp memory (MiB)")
-    ax.set_title(f"MLP training step, width {mt['width']}, batch {mt['batch']}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ds = mt["depths"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    markers = "osD^vP*Xh"
+    for ax, fam in zip(axes, ("softplus", "xsin"), strict=True):
+        keys = ["identity"] + [k for k in mt["temp_bytes"] if res["variants"][k]["family"] == fam]
+        for i, key in enumerate(keys):
+            by = mt["temp_bytes"][key]
+            style = ":" if key == "identity" else "-" if res["variants"][key]["ours"] else "--"
+            # Lines that coincide stay visible: each later one is drawn thinner, on top.
+            ax.plot(
+                ds,
+                [by[str(d)] / MIB for d in ds],
+                style,
+                marker=markers[i % len(markers)],
+                ms=9 - i,
+                lw=3.5 - 0.4 * i,
+                label=_label(res, key),
+            )
+        ax.set_xlabel("depth")
+        ax.set_title(f"{fam}: MLP step, width {mt['width']}, batch {mt['batch']}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("compiled temp memory (MiB)")
     fig.tight_layout()
     path = os.path.join(out_dir, "memory_depth.png")
     fig.savefig(path, dpi=110)

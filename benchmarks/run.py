@@ -40,6 +40,7 @@ CONFIGS = {
         "sizes": [2**p for p in range(12, 25)],
         "dtypes": ["float32", "bfloat16"],
         "rounds": 11,
+        "small_rounds_factor": 2,
         "target_s": 0.005,
         "mlp_width": 1024,
         "mlp_batch": 2048,
@@ -101,8 +102,11 @@ the allocator is not timed; glibc malloc keeps freed memory (mallopt) so torch's
 do not page-fault. Every case of a group (one family, dtype, pass and size, plus the bound)
 is warmed up, then timed in interleaved rounds (A B C, C A B, ...: a seeded shuffle per round);
 a sample is k back-to-back calls and one sync, one k per group, chosen so a sample lasts about
-target_s for the median case; the
-figure is the median over rounds. Ratios are between medians of the same group.
+target_s for the median case; the figure is the median over rounds (in the full run twice as
+many rounds up to 2^20 elements). Ratios are between medians of the same group. The machine
+is shared: the load average is recorded, and flax.linen.softplus (the same function as
+jax.nn.softplus) serves as an A/A control whose departure from 1.00 is the noise floor of each
+ratio.
 The bound: a jitted x * c (forward: one array in, one out) and (x * c, g * c) (forward+backward:
 two in, two out) moves the same bytes as the kernel at minimum; "of bound" is
 t_bound / t_kernel, the fraction of the measured memory bandwidth the kernel reaches.
@@ -146,6 +150,32 @@ def _version(mod: str) -> str:
         return version(mod)
     except Exception:  # noqa: BLE001 - not installed
         return "not installed"
+
+
+def source_info() -> dict:
+    """Which stable_layers was measured: its path, the git commit, and uncommitted changes."""
+    import subprocess
+
+    import stable_layers
+
+    pkg = os.path.dirname(os.path.abspath(stable_layers.__file__))
+    info = {"path": pkg, "git_commit": "unknown", "uncommitted_changes": []}
+
+    def git(*args):
+        proc = subprocess.run(
+            ["git", "-C", pkg, *args], capture_output=True, text=True, check=False
+        )
+        return proc.stdout.rstrip() if proc.returncode == 0 else None
+
+    if os.environ.get("STABLE_LAYERS_BENCH_SOURCE"):  # e.g. an exported commit
+        info["git_commit"] = os.environ["STABLE_LAYERS_BENCH_SOURCE"]
+        return info
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        info["git_commit"] = commit.strip()
+        dirty = git("status", "--porcelain", "--", ".")
+        info["uncommitted_changes"] = dirty.splitlines() if dirty else []
+    return info
 
 
 def machine_info(torch_note: str) -> dict:
@@ -210,7 +240,11 @@ def kernel_time(cfg, variants, torch, torch_vs, log) -> list[dict]:
                         cases["bound"] = _timing.jax_case(
                             lambda a, b: (a * 1.0001, b * 1.0001), (x, g), 2
                         )
-                    res = _timing.measure(cases, cfg["rounds"], cfg["target_s"])
+                    # Small sizes are cheap: more rounds there, for a steadier median.
+                    rounds = cfg["rounds"] * (
+                        cfg.get("small_rounds_factor", 1) if n <= 1 << 20 else 1
+                    )
+                    res = _timing.measure(cases, rounds, cfg["target_s"])
                     bound = res.pop("bound")
                     ref = res[_variants.REFERENCE[fam]]["median_s"]
                     for r in res.values():
@@ -372,6 +406,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)
 
+    source = source_info()  # before measuring: the code imported is the code on disk now
     malloc_note = _timing.keep_freed_memory()
     torch, torch_note = _variants.load_torch()
     log(torch_note)
@@ -411,6 +446,7 @@ def main(argv=None) -> int:
             + (" --tiny" if mode == "tiny" else "")
             + (" --no-torch" if args.no_torch else ""),
             "machine": machine_info(torch_note),
+            "stable_layers_source": source,
             "load_average_1_5_15_start": list(load_start),
             "load_average_1_5_15_end": list(os.getloadavg()),
             "allocator": malloc_note,
