@@ -6,6 +6,7 @@ typo in a model definition fails at the line that made it rather than deep insid
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SOFTPLUS_RESIDUALS = ("output", "input")
 XSIN_RESIDUALS = ("derivative", "input_and_sin", "input")
@@ -32,19 +34,30 @@ def is_static_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_beta(fn: str, beta: Any) -> float | jax.Array:
-    """Validates ``beta``: a positive finite number (static) or a real array (traced).
+def _is_tracer(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
 
-    Returns a Python float for a static β and a floating JAX array otherwise. An array's sign
-    cannot be checked under ``jit``; the layers keep a learnable β positive by construction.
+
+def check_beta(fn: str, beta: Any) -> float | jax.Array:
+    """Validates ``beta``: a positive finite number (static) or a real array.
+
+    Returns a Python float for a compile-time constant β and a floating JAX array for a traced
+    one. A concrete (non-traced) array is a constant too: it is checked here, and a scalar one
+    is returned as a float, so it keeps the one-residual backward pass (an array β would also
+    keep ``x`` for a β gradient that nothing asks for). Under ``jit`` or ``grad`` an array's
+    sign cannot be checked; the layers keep a learnable β positive by construction.
     """
     if isinstance(beta, bool):
         raise TypeError(f"{fn}: beta must be a positive number or a real array; got {beta!r}.")
     if is_static_number(beta):
-        beta = float(beta)
-        if not (beta > 0 and math.isfinite(beta)):
-            raise ValueError(f"{fn}: beta must be a positive finite number; got {beta!r}.")
-        return beta
+        try:
+            value = float(beta)
+        except OverflowError:
+            value = math.inf
+        if not (value > 0 and math.isfinite(value)):
+            shown = repr(beta) if len(repr(beta)) <= 40 else f"{value:.3g}"
+            raise ValueError(f"{fn}: beta must be a positive finite number; got {shown}.")
+        return value
     try:
         arr = jnp.asarray(beta)
     except TypeError as err:
@@ -56,16 +69,57 @@ def check_beta(fn: str, beta: Any) -> float | jax.Array:
             f"{fn}: a beta array must have a floating dtype (float16, bfloat16, float32, "
             f"float64); got {arr.dtype}. Pass a Python number for a fixed beta."
         )
+    if not _is_tracer(arr):
+        # NumPy, not jnp: inside a jit trace, jnp ops on a closed-over constant are traced.
+        values = np.asarray(arr, dtype=np.float64)
+        if not np.all((values > 0) & np.isfinite(values)):
+            raise ValueError(
+                f"{fn}: beta must be positive and finite everywhere; got an array with "
+                f"min {values.min()!r} and max {values.max()!r}."
+            )
+        if arr.shape == ():
+            return float(values)
     return arr
 
 
+def check_beta_range(fn: str, beta: float, dtype: Any) -> None:
+    """A static β must be a normal, finite number in the compute dtype it is used in.
+
+    ``beta=1e300`` passes ``check_beta`` but is ``inf`` in float32 (and ``1e-40`` flushes to 0),
+    which would turn the output into NaN/inf.
+    """
+    fi = jnp.finfo(dtype)
+    if not float(fi.tiny) <= beta <= float(fi.max):
+        raise ValueError(
+            f"{fn}: beta={beta!r} is outside the range of the {jnp.dtype(dtype).name} "
+            f"computation, [{float(fi.tiny):.3g}, {float(fi.max):.3g}]."
+        )
+
+
 def check_threshold(fn: str, threshold: Any) -> float | None:
-    """Validates ``threshold``: None or a real, non-NaN number."""
+    """Validates ``threshold``: None or a real, non-NaN number (a concrete 0-d array too)."""
     if threshold is None:
         return None
+    if not is_static_number(threshold) and not _is_tracer(threshold):
+        dtype = getattr(threshold, "dtype", None)  # a concrete scalar such as jnp.float32(20)
+        real = dtype is not None and (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        )
+        if real and jnp.ndim(threshold) == 0:
+            threshold = float(threshold)
     if not is_static_number(threshold) or math.isnan(float(threshold)):
-        raise ValueError(f"{fn}: threshold must be None or a real number; got {threshold!r}.")
+        raise ValueError(
+            f"{fn}: threshold must be None or a real number; got {threshold!r}. It must be a "
+            "compile-time constant (not a traced array) and not NaN."
+        )
     return float(threshold)
+
+
+@functools.cache
+def _promoted_dtype(dtype: Any, x64: bool) -> Any:
+    # Exactly jax.nn.softplus's promotion (which depends on jax_enable_x64).
+    del x64  # part of the cache key only
+    return jax.eval_shape(jax.nn.softplus, jax.ShapeDtypeStruct((), dtype)).dtype
 
 
 def as_float_array(fn: str, x: Any) -> jax.Array:
@@ -83,8 +137,7 @@ def as_float_array(fn: str, x: Any) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
             raise TypeError(f"{fn}: x must be a real numeric array; got dtype {x.dtype}.")
-        # Exactly jax.nn.softplus's promotion (which depends on jax_enable_x64).
-        x = x.astype(jax.eval_shape(jax.nn.softplus, jax.ShapeDtypeStruct((), x.dtype)).dtype)
+        x = x.astype(_promoted_dtype(x.dtype, bool(jax.config.jax_enable_x64)))
     return x
 
 
