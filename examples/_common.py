@@ -250,6 +250,8 @@ def train(
         loss = float(loss)
         if not math.isfinite(loss):
             first_nonfinite = step
+            # tqdm's iterator updates its count lazily; show the step it stopped at.
+            bar.n = step
             bar.set_postfix(loss=loss)
             bar.close()
             tqdm.write(
