@@ -10,42 +10,14 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from layer_refs import BF16, F32, F64, assert_tree_close, big_inputs, naive_overflows, ref_softplus
 
 import stable_layers as sl
 from stable_layers.nnx import Softplus, XSin
 
-F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
-
-
-def ref_softplus(x, beta):
-    """float64 log(1 + exp(βx)) / β, not through stable_layers."""
-    return jnp.logaddexp(0.0, beta * x) / beta
-
 
 def to_f64(tree):
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
-
-
-def assert_tree_close(actual, ref, rtol):
-    assert jax.tree.structure(actual) == jax.tree.structure(ref)
-    for a, r in zip(jax.tree.leaves(actual), jax.tree.leaves(ref)):
-        assert a.shape == r.shape
-        assert np.all(np.isfinite(np.asarray(a, np.float64)))
-        r = np.asarray(r, np.float64)
-        np.testing.assert_allclose(
-            np.asarray(a, np.float64), r, rtol=rtol, atol=rtol * np.abs(r).max()
-        )
-
-
-def big_inputs(n=32, d=2, seed=0):
-    # x100: pre-activations reach the hundreds, where exp overflows float32 (x > 88.7).
-    return jnp.asarray(100.0 * np.random.default_rng(seed).normal(size=(n, d)), F32)
-
-
-def naive_overflows(h):
-    """Whether the textbook log1p(exp(h)) is non-finite somewhere, in float32."""
-    with np.errstate(over="ignore"):
-        return not np.all(np.isfinite(np.log1p(np.exp(np.asarray(h, np.float32)))))
 
 
 def outputs_and_grads(forward, params, x):
