@@ -40,10 +40,11 @@ def _sigmoid(z: jax.Array) -> jax.Array:
     """1 / (1 + exp(-z)) via lax.logistic; only its derivative rule is replaced.
 
     exp(-z) overflowing to inf for z < -88 (float32) is harmless here: 1 / inf = 0, the
-    correctly rounded (flushed) value, and no NaN can arise. Measured on XLA CPU, the
-    branch-free form fuses into the neighbouring matmul's backward where a
-    ``where(z >= 0, 1, e) / (1 + e)`` form cost an extra full-size buffer per layer
-    (8-layer MLP step temp memory 2.56x instead of 1.78x of identity), for 0.25 ulp.
+    correctly rounded (flushed) value, and no NaN can arise. On XLA CPU this branch-free
+    form fuses into the neighbouring matmul's backward, where a
+    ``where(z >= 0, 1, e) / (1 + e)`` form cost an extra full-size buffer per layer in the
+    ``residual="input"`` MLP step (``benchmarks/run.py``'s memory table measures it), for a
+    fraction of an ulp.
     """
     return jax.lax.logistic(z)
 
@@ -85,12 +86,12 @@ _POLY_CUTOFF = 0.35
 def _one_minus_exp_neg(u: jax.Array) -> jax.Array:
     """1 - exp(-u) for u >= 0 to ~1 ulp in float32: sigmoid from softplus's output.
 
-    ``1 - exp(-u)`` cancels for small u, and XLA's float32 ``expm1`` is up to 5 ulp off there
-    (measured on CPU). Below 0.35 a degree-8 Taylor polynomial in nested form,
+    ``1 - exp(-u)`` cancels for small u, and XLA's float32 ``expm1`` loses several ulps there
+    on CPU. Below 0.35 a degree-8 Taylor polynomial in nested form,
     ``u(1 - u/2(1 - u/3(1 - ...)))``, has truncation error < 1e-9 relative; above it
-    ``exp(-u) < 0.71`` and ``1 - exp(-u)`` loses at most a bit. Measured max error of the
-    whole: 1.8 ulp (from a float32 output y), timed no slower than ``-expm1(-u)``.
-    float64 keeps ``-expm1(-u)``, which is accurate there.
+    ``exp(-u) < 0.71`` and ``1 - exp(-u)`` loses at most a bit. The resulting gradient
+    accuracy is measured in ``benchmarks/results.md`` and asserted in
+    ``tests/test_softplus.py``. float64 keeps ``-expm1(-u)``, which is accurate there.
     """
     if u.dtype == jnp.float64:
         return -jnp.expm1(-u)
@@ -326,7 +327,8 @@ def softplus(
             when the next layer keeps it too. ``"input"``: ``x`` only (seed 000's choice).
             Both give the same gradients to within an ulp or two; in float16/bfloat16 the
             saved ``y`` is itself rounded, so ``"output"`` gradients are within 1.4 ulp
-            rather than 0.5 (measured; ``"input"`` rounds once). Each residual is tagged
+            rather than 0.5 (``"input"`` rounds once; both bounds are asserted over every
+            finite input by ``tests/test_softplus.py``). Each residual is tagged
             ``jax.ad_checkpoint.checkpoint_name(..., "stable_layers.softplus")`` so
             ``jax.checkpoint`` policies can select it by name.
         mode: ``"vjp"`` (default) builds the rule with ``jax.custom_vjp``: reverse mode and
