@@ -7,6 +7,8 @@ and the inputs to ``--dtype`` for the forward and backward pass, and the loss is
 float32. In float16, ``exp`` overflows above 11.1, so the naive ``log1p(exp(x))`` returns inf
 (and its gradient NaN) as soon as a pre-activation passes 11.1, a few steps into training.
 Arguments, data, sharding, the loop and the reports live in ``_common.py``.
+The same script trains across several processes or hosts (``jax.distributed``; see
+examples/README.md, "Several processes, one host or many").
 """
 
 from __future__ import annotations
@@ -77,7 +79,11 @@ def make_run(activation: str, data: Dataset, args: argparse.Namespace) -> Run:
     def predict(state, x):
         return logits(state[0], x)
 
-    return Run((model, opt_state), train_step, predict)
+    def compile_step(state, x, y):
+        # eqx.filter_jit's compiled wrapper keeps JAX's own Compiled in `.compiled`.
+        return train_step.lower(state, x, y).compile().compiled
+
+    return Run((model, opt_state), train_step, predict, compile_step)
 
 
 if __name__ == "__main__":

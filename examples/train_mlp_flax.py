@@ -8,6 +8,8 @@ loss is computed in float32. In float16, ``exp`` overflows above 11.1, so the na
 ``log1p(exp(x))`` returns inf (and its gradient NaN) as soon as a pre-activation passes 11.1,
 a few steps into training. Arguments, data, sharding, the loop and the reports live in
 ``_common.py``.
+The same script trains across several processes or hosts (``jax.distributed``; see
+examples/README.md, "Several processes, one host or many").
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ def make_run(activation: str, data: Dataset, args: argparse.Namespace) -> Run:
         model, _ = nnx.merge(graphdef, state)
         return model(x)
 
-    return Run(state, train_step, predict)
+    def compile_step(state, x, y):
+        return train_step.lower(state, x, y).compile()
+
+    return Run(state, train_step, predict, compile_step)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ The scripts run in subprocesses with a clean JAX environment (this process has x
 conftest.py), all started at once by a module fixture so the whole file costs about as long as
 its slowest run. With the defaults, the float16 naive run goes non-finite at step 14 (Equinox)
 and 17 (Flax nnx) on digits, so ``STEPS`` leaves a margin.
+
+The multi-process runs (``jax.distributed`` on localhost, gloo collectives between two CPU
+processes of two devices each) start in a second fixture, only when their tests run. Every
+subprocess gets a session of its own, so a failure or a timeout kills it with all its children.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import importlib.util
 import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,21 +44,36 @@ RUN_KEYS = {
     "first_nonfinite_step",
     "final_loss",
     "train_accuracy",
+    "step_temp_bytes",
 }
+MP_STEPS = 20  # the multi-process comparison
+MP_TIMEOUT = 240  # seconds for a multi-process run; its processes are killed after that
+# Environment variables through which jax.distributed.initialize() detects a cluster: removed,
+# so that a test run inside a SLURM job or a pod behaves as on a workstation.
+CLUSTER_ENV = ("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "TPU_", "MEGASCALE_")
 
 
-def _env(devices: int | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+def _env(devices: int | None = None, cpu_devices: int | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", *CLUSTER_ENV))}
     env["JAX_PLATFORMS"] = "cpu"
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    if cpu_devices:  # the jax_num_cpu_devices option, which works with jax.distributed
+        env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
     return env
 
 
 class _Script:
     """One script invocation, started on construction; ``result()`` waits for it."""
 
-    def __init__(self, script: str, args: list[str], out: Path | None, devices: int | None = None):
+    def __init__(
+        self,
+        script: str,
+        args: list[str],
+        out: Path | None,
+        devices: int | None = None,
+        cpu_devices: int | None = None,
+    ):
         self.out = out
         cmd = [sys.executable, str(SCRIPTS[script]), *args]
         if out is not None:
@@ -59,16 +81,21 @@ class _Script:
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=_env(devices),
+            env=_env(devices, cpu_devices),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: kill() reaches its children too
         )
         self.stdout = self.stderr = None
 
-    def result(self) -> _Script:
+    def result(self, timeout: float = 600) -> _Script:
         if self.stdout is None:
-            self.stdout, self.stderr = self.proc.communicate(timeout=600)
+            try:
+                self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
         return self
 
     @property
@@ -78,9 +105,21 @@ class _Script:
         return json.loads((self.out / "metrics.json").read_text())
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+        """Kills the script's process group (the script and anything it started), reaps it."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the group is empty: nothing left running
+            pass
+        if self.stdout is None:
+            self.stdout, self.stderr = self.proc.communicate()
+
+    def group_alive(self) -> bool:
+        """Whether any process of the script's group (group id: its pid) is left, once reaped."""
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +150,10 @@ def runs(tmp_path_factory):
 def test_metrics_schema(runs, script):
     run = runs[script].result()
     metrics = run.metrics
-    assert set(metrics) == {"backend", "device_count", "dataset", "runs"}
+    assert set(metrics) == {"backend", "device_count", "process_count", "dataset", "runs"}
     assert metrics["backend"] == "cpu"
     assert metrics["device_count"] == 1
+    assert metrics["process_count"] == 1
     assert metrics["dataset"] == "digits"
     assert [r["activation"] for r in metrics["runs"]] == ACTIVATIONS
     for r in metrics["runs"]:
@@ -128,6 +168,8 @@ def test_metrics_schema(runs, script):
         assert all(v is None for v in r["losses"][len(finite) :])
         assert r["final_loss"] == r["losses"][-1]
         assert isinstance(r["train_accuracy"], float) and 0.0 <= r["train_accuracy"] <= 1.0
+        # XLA's temp memory of the compiled step: reported on CPU.
+        assert isinstance(r["step_temp_bytes"], int) and r["step_temp_bytes"] > 0
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -180,8 +222,12 @@ def test_output_and_loss_figure(runs, script):
     assert "backend: cpu" in run.stdout  # backend and devices printed at the start
     header = next(line for line in run.stdout.splitlines() if line.startswith("activation"))
     assert "train acc" in header
-    for name in ACTIVATIONS:  # one summary row per run
-        assert any(line.split()[:2] == [name, "float16"] for line in run.stdout.splitlines())
+    assert header.endswith("step temp MiB")
+    for r in run.metrics["runs"]:  # one summary row per run, ending with its step memory
+        (row,) = [
+            x for x in run.stdout.splitlines() if x.split()[:2] == [r["activation"], "float16"]
+        ]
+        assert row.split()[-1] == f"{r['step_temp_bytes'] / 2**20:.3f}"
     assert f"{STEPS}/{STEPS}" in run.stderr  # tqdm progress bar, completed for a finite run
 
 
@@ -196,6 +242,105 @@ def test_data_parallel_on_host_devices(runs, script):
     # Same initialisation and batches, the batch split over 8 devices: the same training,
     # up to float16 summation order.
     assert dp["losses"] == pytest.approx(single["losses"][:DP_STEPS], rel=2e-2)
+
+
+def _free_port() -> int:
+    """A TCP port that nothing listens on now (the OS picks it when binding port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_all(scripts: list[_Script], timeout: float) -> None:
+    """Waits for ``scripts`` together; once one fails or time runs out, kills the rest.
+
+    A process of a multi-process run whose partner died would otherwise wait minutes for the
+    coordinator or a collective before giving up. Reading every pipe while waiting (a
+    ``communicate`` that times out keeps what it read) means no script blocks on a full pipe.
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(scripts)
+    while pending and time.monotonic() < deadline:
+        for s in list(pending):
+            try:
+                s.stdout, s.stderr = s.proc.communicate(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            pending.remove(s)
+            if s.proc.returncode != 0:
+                deadline = 0.0  # a partner failed: stop waiting for the others
+    for s in pending:
+        s.kill()
+
+
+@pytest.fixture(scope="module")
+def multi_process(tmp_path_factory):
+    """Per script, one run in 2 processes × 2 CPU devices and the same run in 1 process × 4.
+
+    The Equinox pair passes --data-parallel, the Flax pair leaves it to be implied by the
+    multi-process flags; the 4-device reference passes it. Both processes of a pair get their
+    own --out, so that what process 1 writes (nothing) can be checked.
+    """
+    tmp = tmp_path_factory.mktemp("multi_process")
+    common = ["--activation", "stable", "--dtype", "float32", "--steps", str(MP_STEPS)]
+    started: dict[str, _Script | list[_Script]] = {}
+    for name in SCRIPTS:
+        dp = ["--data-parallel"] if name == "equinox" else []
+        cluster = ["--coordinator-address", f"localhost:{_free_port()}", "--num-processes", "2"]
+        started[name] = [
+            _Script(
+                name,
+                [*common, *dp, *cluster, "--process-id", str(i)],
+                tmp / f"{name}-process{i}",
+                cpu_devices=2,
+            )
+            for i in range(2)
+        ]
+        started[f"{name}-single"] = _Script(
+            name, [*common, "--data-parallel"], tmp / f"{name}-single", cpu_devices=4
+        )
+    # --distributed outside a cluster (cluster variables removed by _env): an argparse error.
+    started["no-cluster"] = _Script("equinox", ["--distributed"], None)
+    yield started
+    for run in started.values():
+        for script in run if isinstance(run, list) else [run]:
+            script.kill()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_multi_process_matches_single_process(multi_process, script):
+    processes = multi_process[script]
+    _wait_all(processes, MP_TIMEOUT)
+    for i, p in enumerate(processes):
+        assert p.proc.returncode == 0, f"process {i}: {p.stderr[-3000:]}"
+    # Nothing left running: every process group is empty.
+    assert not any(p.group_alive() for p in processes)
+    first, second = processes
+
+    metrics = first.metrics
+    assert metrics["process_count"] == 2
+    assert metrics["device_count"] == 4
+    assert "mesh {'data': 4}" in first.stdout
+    (run,) = metrics["runs"]
+    assert run["steps"] == MP_STEPS and run["first_nonfinite_step"] is None
+    single = multi_process[f"{script}-single"].metrics
+    assert single["process_count"] == 1 and single["device_count"] == 4
+    # Same global batches in the same order, same devices, same step: the same losses.
+    assert run["losses"] == pytest.approx(single["runs"][0]["losses"], rel=1e-4)
+    assert isinstance(run["step_temp_bytes"], int)
+
+    # Only process 0 reports: process 1 prints no table, shows no bar, writes no files.
+    assert not second.out.exists()
+    assert "activation" not in second.stdout and "wrote" not in second.stdout
+    assert f"{MP_STEPS}/{MP_STEPS}" in first.stderr
+    assert f"{MP_STEPS}/{MP_STEPS}" not in second.stderr
+
+
+def test_distributed_outside_a_cluster_is_an_argparse_error(multi_process):
+    run = multi_process["no-cluster"].result(timeout=MP_TIMEOUT)
+    assert run.proc.returncode == 2, run.stderr[-3000:]
+    assert "argument --distributed: jax.distributed.initialize() found no cluster" in run.stderr
+    assert not run.group_alive()
 
 
 def test_unknown_activation_is_an_argparse_error(runs):
@@ -227,6 +372,43 @@ def _load_common():
         (["--dtype", "float64"], "argument --dtype: invalid choice"),
         (["--lr", "0"], "argument --lr: must be a positive finite number"),
         (["--dataset", "mnist"], "argument --dataset: invalid choice"),
+        # The multi-process flags: all three or none, each value checked.
+        (
+            ["--num-processes", "2", "--process-id", "0"],
+            "--num-processes and --process-id given without --coordinator-address: "
+            "--coordinator-address, --num-processes, --process-id go together",
+        ),
+        (
+            ["--coordinator-address", "localhost:1234"],
+            "--coordinator-address given without --num-processes and --process-id",
+        ),
+        (
+            ["--coordinator-address", "localhost:1234", "--num-processes", "2"],
+            "--coordinator-address and --num-processes given without --process-id",
+        ),
+        (["--num-processes", "0"], "argument --num-processes: must be >= 1, got 0"),
+        (["--process-id", "-1"], "argument --process-id: must be >= 0, got -1"),
+        (["--process-id", "one"], "argument --process-id: invalid int value: 'one'"),
+        (
+            ["--coordinator-address", "h:1", "--num-processes", "2", "--process-id", "2"],
+            "argument --process-id: 2 is not in [0, 2) for --num-processes 2",
+        ),
+        (
+            ["--coordinator-address", "localhost"],
+            "argument --coordinator-address: expected HOST:PORT with PORT in 1..65535 "
+            "(e.g. 10.0.0.1:1234), got 'localhost'",
+        ),
+        (["--coordinator-address", ":1234"], "argument --coordinator-address: expected HOST"),
+        (["--coordinator-address", "h:65536"], "argument --coordinator-address: expected HOST"),
+        (["--coordinator-address", "h:port"], "argument --coordinator-address: expected HOST"),
+        (
+            ["--distributed", "--process-id", "0"],
+            "argument --distributed: not allowed with --process-id",
+        ),
+        (
+            ["--distributed", "--coordinator-address", "h:1", "--num-processes", "2"],
+            "argument --distributed: not allowed with --coordinator-address, --num-processes",
+        ),
     ],
 )
 def test_bad_arguments_are_argparse_errors(argv, message, capsys):
@@ -239,11 +421,11 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
 
 def test_batch_must_divide_by_device_count(monkeypatch, capsys):
     common = _load_common()
-    monkeypatch.setattr(common.jax, "local_device_count", lambda: DEVICES)
+    monkeypatch.setattr(common.jax, "device_count", lambda: DEVICES)
     with pytest.raises(SystemExit) as exc:
         common.parse_args("test", ["--data-parallel", "--batch-size", "100"])
     assert exc.value.code == 2
-    assert f"must divide by the {DEVICES} local devices" in capsys.readouterr().err
+    assert f"must divide by the {DEVICES} devices of 1 process(es)" in capsys.readouterr().err
     assert common.parse_args("test", ["--data-parallel", "--batch-size", "64"]).data_parallel
 
 
