@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from stable_layers._testing import (
+from helpers import (
     np_dtype,
     sigmoid_ref,
     softplus_ref,

@@ -23,6 +23,8 @@ import time
 os.environ["JAX_ENABLE_X64"] = "0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The registry and the test helpers (sweeps, references, ulps) live in tests/.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import _accuracy  # noqa: E402
 import _memory  # noqa: E402

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from layer_refs import BF16, F32, F64, assert_tree_close, big_inputs, naive_overflows, ref_softplus
+from helpers import BF16, F32, F64, assert_tree_close, big_inputs, naive_overflows, ref_softplus
 
 import stable_layers as sl
 from stable_layers.linen import Softplus, XSin

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import stable_layers as sl
-from stable_layers._testing import np_dtype
+from helpers import np_dtype
 
 POLICIES = st.sampled_from([(r, m) for r in ("output", "input") for m in ("vjp", "jvp")])
 DTYPES = st.sampled_from(["float16", "float32", "float64"])  # bfloat16: below, via float32

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stable_layers as sl
-from stable_layers._testing import sigmoid_ref, softplus_ref, xsin_grad_ref
+from helpers import sigmoid_ref, softplus_ref, xsin_grad_ref
 
 
 def test_stable_log1pexp_worked_example():

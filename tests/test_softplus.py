@@ -13,7 +13,7 @@ import pytest
 from jax.test_util import check_grads
 
 import stable_layers as sl
-from stable_layers._testing import (
+from helpers import (
     FLOAT_DTYPES,
     np_dtype,
     sigmoid_ref,

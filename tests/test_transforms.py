@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import stable_layers as sl
-from stable_layers._testing import sigmoid_ref, softplus_ref, xsin_grad_ref, xsin_ref
+from helpers import sigmoid_ref, softplus_ref, xsin_grad_ref, xsin_ref
 
 KERNELS = [
     ("softplus-vjp", functools.partial(sl.softplus, mode="vjp"), softplus_ref, sigmoid_ref),

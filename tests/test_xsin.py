@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 import stable_layers as sl
-from stable_layers._testing import FLOAT_DTYPES, np_dtype, sweep, xsin_grad_ref, xsin_ref
+from helpers import FLOAT_DTYPES, np_dtype, sweep, xsin_grad_ref, xsin_ref
 
 RESIDUALS = ("derivative", "input_and_sin", "input")
 MODES = ("vjp", "jvp")

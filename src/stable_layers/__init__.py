@@ -5,11 +5,20 @@ The functional kernels live here; the framework modules live in ``stable_layers.
 ``import stable_layers`` needs JAX alone.
 """
 
+from ._activation import Activation as Activation
+from ._activation import custom_activation as custom_activation
 from ._softplus import softplus as softplus
 from ._softplus import stable_log1pexp as stable_log1pexp
 from ._xsin import custom_vjp_with_extra_residual as custom_vjp_with_extra_residual
 from ._xsin import xsin as xsin
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["custom_vjp_with_extra_residual", "softplus", "stable_log1pexp", "xsin"]
+__all__ = [
+    "Activation",
+    "custom_activation",
+    "custom_vjp_with_extra_residual",
+    "softplus",
+    "stable_log1pexp",
+    "xsin",
+]

@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOFTPLUS_RESIDUALS = ("output", "input")
-XSIN_RESIDUALS = ("derivative", "input_and_sin", "input")
 MODES = ("vjp", "jvp")
 
 

@@ -1,7 +1,8 @@
-"""Shared by the Equinox, linen and nnx layers: argument checks and the learnable-β parameter.
+"""Shared by the Equinox, linen and nnx layers: option checks and the learnable-β parameter.
 
-No kernel math lives here: every layer calls :func:`stable_layers.softplus` or
-:func:`stable_layers.xsin`. What is shared is how a layer turns its stored parameter into the
+No kernel math lives here: every layer calls its kernel (:func:`stable_layers.softplus`,
+:func:`stable_layers.xsin`, :func:`stable_layers.log_sigmoid`). What is shared is how a layer
+checks its options against the kernel's choices and turns its stored parameter into the
 kernel's ``beta`` argument, so the three frameworks compute exactly the same thing.
 
 A learnable β is stored as ``log_beta`` (a scalar in ``param_dtype``) and used as
@@ -18,10 +19,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import _softplus
+from ._activation import Activation
 from ._checks import (
     MODES,
-    SOFTPLUS_RESIDUALS,
-    XSIN_RESIDUALS,
     as_float_array,
     check_bool,
     check_choice,
@@ -29,8 +30,6 @@ from ._checks import (
     check_layer_beta,
     check_threshold,
 )
-from ._softplus import softplus
-from ._xsin import xsin
 
 PARAM_NAME = "log_beta"
 
@@ -45,17 +44,16 @@ def check_softplus_args(
     param_dtype: Any,
 ) -> None:
     """Raises TypeError/ValueError naming the first bad argument, its value and the choices."""
-    check_choice(fn, "residual", residual, SOFTPLUS_RESIDUALS)
-    check_choice(fn, "mode", mode, MODES)
+    check_options(fn, _softplus._rule, residual, mode)
     check_layer_beta(fn, beta)
     check_threshold(fn, threshold)
     check_bool(fn, "learnable", learnable)
     check_float_dtype(fn, "param_dtype", param_dtype)
 
 
-def check_xsin_args(fn: str, residual: Any, mode: Any) -> None:
-    """Raises ValueError naming a bad ``residual`` or ``mode`` and the valid choices."""
-    check_choice(fn, "residual", residual, XSIN_RESIDUALS)
+def check_options(fn: str, activation: Activation, residual: Any, mode: Any) -> None:
+    """Raises ValueError naming a bad ``residual`` or ``mode`` and the activation's choices."""
+    check_choice(fn, "residual", residual, activation.residuals)
     check_choice(fn, "mode", mode, MODES)
 
 
@@ -94,9 +92,4 @@ def apply_softplus(
         x = x.astype(dtype)
     if log_beta is not None:
         beta = jnp.exp(log_beta).astype(x.dtype)
-    return softplus(x, beta=beta, threshold=threshold, residual=residual, mode=mode)
-
-
-def apply_xsin(x: Any, *, residual: str, mode: str) -> jax.Array:
-    """Calls the x·sin(x) kernel; a layer adds nothing to it but its stored options."""
-    return xsin(x, residual=residual, mode=mode)
+    return _softplus.softplus(x, beta=beta, threshold=threshold, residual=residual, mode=mode)

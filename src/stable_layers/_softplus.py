@@ -1,31 +1,20 @@
 """Softplus, ``log(1 + exp(βx)) / β``: finite everywhere, with a one-array backward pass.
 
-This file is the single source of truth for softplus: the forward formula, its custom
-derivative rules (``jax.custom_vjp`` and ``jax.custom_jvp``), and the residual policies that
-decide what the backward pass keeps. The Equinox and Flax modules only call ``softplus``.
+This file is the single source of truth for softplus: the forward formula, its slope from the
+input and from the output, and the β derivative. ``_activation.py`` turns them into the custom
+rules and residual policies; the Equinox and Flax modules only call ``softplus``. The accurate
+building blocks here (``_sigmoid``, ``_one_minus_exp_neg``) are shared with ``log_sigmoid``.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
-from ._checks import (
-    MODES,
-    SOFTPLUS_RESIDUALS,
-    as_float_array,
-    check_beta,
-    check_beta_range,
-    check_choice,
-    check_threshold,
-    compute_dtype,
-)
-
-RESIDUAL_NAME = "stable_layers.softplus"
+from ._activation import Activation
+from ._checks import as_float_array, check_beta, check_beta_range, check_threshold, compute_dtype
 
 # --------------------------------------------------------------------------------------
 # Building blocks with exact derivative rules. Every derivative the rules below take, to any
@@ -133,144 +122,20 @@ def _value(x: jax.Array, beta: float | jax.Array) -> jax.Array:
     return jnp.where(z > 0, x, 0) + tail
 
 
-def _slope(saved: jax.Array, beta: float | jax.Array, residual: str) -> jax.Array:
-    """d softplus_β(x) / dx = sigmoid(βx), from the input or from the output y."""
-    if residual == "output":
-        # e^{βy} = 1 + e^{βx}, hence sigmoid(βx) = 1 - e^{-βy}.
-        return _one_minus_exp_neg(_mul(saved, beta))
-    return _sigmoid(_mul(saved, beta))
-
-
 def _beta_slope(x: jax.Array, beta: jax.Array) -> jax.Array:
     """d softplus_β(x) / dβ = (x sigmoid(βx) - y) / β = -H(βx) / β²."""
     return -_entropy(x * beta) / (beta * beta)
 
 
-def _cast_beta(beta: float | jax.Array, dtype: Any) -> float | jax.Array:
-    return beta if isinstance(beta, float) else beta.astype(dtype)
-
-
-def _forward(x: jax.Array, beta: float | jax.Array) -> jax.Array:
-    cd = compute_dtype(x.dtype)
-    return _value(x.astype(cd), _cast_beta(beta, cd)).astype(x.dtype)
-
-
-def _sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Transpose of broadcasting ``shape`` up to ``g.shape``: sum the broadcast axes."""
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    return jnp.sum(g, axis=axes).reshape(shape) if axes else g.reshape(shape)
-
-
-def _cotangents(saved, beta, g, residual, x_dtype, beta_dtype=None):
-    """Cotangents (for x and, if beta is an array, for beta) from the saved residual(s)."""
-    cd = compute_dtype(x_dtype)
-    g = g.astype(cd)
-    beta_c = _cast_beta(beta, cd)
-    saved = tuple(s.astype(cd) for s in saved)
-    gx = (g * _slope(saved[0], beta_c, residual)).astype(x_dtype)
-    if beta_dtype is None:
-        return gx
-    gb = _sum_to_shape(g * _beta_slope(saved[-1], beta_c), jnp.shape(beta))
-    return gx, gb.astype(beta_dtype)
-
-
-def _to_save(x, y, residual, traced_beta):
-    # The β derivative needs x; with residual="output" and a traced β both y and x are kept.
-    if residual == "output":
-        return (y, x) if traced_beta else (y,)
-    return (x,)
-
-
-# --------------------------------------------------------------------------------------
-# mode="jvp": one custom_jvp per β kind. The tangent map runs under jax.checkpoint, so when
-# reverse mode linearizes it, what is saved is the checkpoint's inputs (the chosen residual)
-# rather than the sigmoid it computes, which would be a second full-size array.
-# The rules call the function itself for the primal, so derivatives of any order use them.
-# --------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _softplus_jvp_static(x, beta, residual):
-    return _forward(x, beta)
-
-
-@_softplus_jvp_static.defjvp
-def _softplus_jvp_static_rule(beta, residual, primals, tangents):
-    (x,), (dx,) = primals, tangents
-    y = _softplus_jvp_static(x, beta, residual)
-
-    @jax.checkpoint
-    def tangent_map(saved, dx):
-        return _cotangents(saved, beta, dx, residual, x.dtype)
-
-    return y, tangent_map(checkpoint_name(_to_save(x, y, residual, False), RESIDUAL_NAME), dx)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _softplus_jvp_traced(x, beta, residual):
-    return _forward(x, beta)
-
-
-@_softplus_jvp_traced.defjvp
-def _softplus_jvp_traced_rule(residual, primals, tangents):
-    (x, beta), (dx, dbeta) = primals, tangents
-    y = _softplus_jvp_traced(x, beta, residual)
-
-    @jax.checkpoint
-    def tangent_map(saved, beta, dx, dbeta):
-        cd = compute_dtype(x.dtype)
-        beta_c = beta.astype(cd)
-        saved = tuple(s.astype(cd) for s in saved)
-        dy = dx.astype(cd) * _slope(saved[0], beta_c, residual)
-        dy = dy + dbeta.astype(cd) * _beta_slope(saved[-1], beta_c)
-        return dy.astype(x.dtype)
-
-    saved = checkpoint_name(_to_save(x, y, residual, True), RESIDUAL_NAME)
-    return y, tangent_map(saved, beta, dx, dbeta)
-
-
-# --------------------------------------------------------------------------------------
-# mode="vjp": one custom_vjp per β kind. The forward computes y through the custom_jvp above,
-# so grad-of-grad, which differentiates this forward, gets the accurate rules too.
-# --------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _softplus_vjp_static(x, beta, residual):
-    return _forward(x, beta)
-
-
-def _softplus_vjp_static_fwd(x, beta, residual):
-    y = _softplus_jvp_static(x, beta, residual)
-    return y, checkpoint_name(_to_save(x, y, residual, False), RESIDUAL_NAME)
-
-
-def _softplus_vjp_static_bwd(beta, residual, saved, g):
-    return (_cotangents(saved, beta, g, residual, g.dtype),)
-
-
-_softplus_vjp_static.defvjp(_softplus_vjp_static_fwd, _softplus_vjp_static_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _softplus_vjp_traced(x, beta, residual):
-    return _forward(x, beta)
-
-
-def _softplus_vjp_traced_fwd(x, beta, residual):
-    y = _softplus_jvp_traced(x, beta, residual)
-    return y, (checkpoint_name(_to_save(x, y, residual, True), RESIDUAL_NAME), beta)
-
-
-def _softplus_vjp_traced_bwd(residual, res, g):
-    saved, beta = res
-    return _cotangents(saved, beta, g, residual, g.dtype, beta.dtype)
-
-
-_softplus_vjp_traced.defvjp(_softplus_vjp_traced_fwd, _softplus_vjp_traced_bwd)
+_rule = Activation(
+    _value,
+    derivative=lambda x, beta: _sigmoid(_mul(x, beta)),
+    # e^{βy} = 1 + e^{βx}, hence sigmoid(βx) = 1 - e^{-βy}.
+    derivative_from_output=lambda y, beta: _one_minus_exp_neg(_mul(y, beta)),
+    param_derivatives=lambda x, beta: (_beta_slope(x, beta),),
+    name="stable_layers.softplus",
+    residuals=("output", "input"),
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -362,53 +227,30 @@ def softplus(
         JAX issue 40387 (second derivative of ``jax.nn.softplus`` is 0 for large x);
         ``torch.nn.Softplus`` for the ``beta``/``threshold`` convention.
     """
-    fn = "stable_layers.softplus"
-    residual = check_choice(fn, "residual", residual, SOFTPLUS_RESIDUALS)
-    mode = check_choice(fn, "mode", mode, MODES)
+    fn = _rule.name
     beta = check_beta(fn, beta)
     threshold = check_threshold(fn, threshold)
     x = as_float_array(fn, x)
-
+    cd = compute_dtype(x.dtype)
     if isinstance(beta, float):
-        check_beta_range(fn, beta, compute_dtype(x.dtype))
-        return _softplus_static_beta(
-            x, beta=beta, threshold=threshold, residual=residual, mode=mode
-        )
-    try:
-        shape = jnp.broadcast_shapes(x.shape, beta.shape)
-    except ValueError:
-        shape = None
-    if shape != x.shape:
+        check_beta_range(fn, beta, cd)
+    elif _broadcast_shape(x.shape, beta.shape) != x.shape:
         raise ValueError(
             f"{fn}: beta of shape {beta.shape} must broadcast to x's shape {x.shape} "
             "(a scalar or a per-feature array)."
         )
-    return _softplus_array_beta(x, beta, threshold=threshold, residual=residual, mode=mode)
+    y = _rule(x, beta, residual=residual, mode=mode)
+    if threshold is None:
+        return y
+    beta_c = beta if isinstance(beta, float) else beta.astype(cd)
+    return jnp.where(_mul(x.astype(cd), beta_c) > threshold, x, y)
 
 
-def _apply(x, beta, threshold, residual, mode):
-    if isinstance(beta, float):
-        kernel = _softplus_vjp_static if mode == "vjp" else _softplus_jvp_static
-    else:
-        kernel = _softplus_vjp_traced if mode == "vjp" else _softplus_jvp_traced
-    y = kernel(x, beta, residual)
-    if threshold is not None:
-        cd = compute_dtype(x.dtype)
-        z = _mul(x.astype(cd), _cast_beta(beta, cd))
-        y = jnp.where(z > threshold, x, y)
-    return y
-
-
-# Jitted like jax.nn.softplus, so an eager call runs one compiled kernel instead of dispatching
-# op by op; inside a user's jit these inline away.
-@functools.partial(jax.jit, static_argnames=("beta", "threshold", "residual", "mode"))
-def _softplus_static_beta(x, *, beta, threshold, residual, mode):
-    return _apply(x, beta, threshold, residual, mode)
-
-
-@functools.partial(jax.jit, static_argnames=("threshold", "residual", "mode"))
-def _softplus_array_beta(x, beta, *, threshold, residual, mode):
-    return _apply(x, beta, threshold, residual, mode)
+def _broadcast_shape(a, b):
+    try:
+        return jnp.broadcast_shapes(a, b)
+    except ValueError:
+        return None
 
 
 def stable_log1pexp(x: Any) -> jax.Array:

@@ -1,85 +1,39 @@
 """The oscillating activation ``x · sin(x)``, with a backward pass that keeps one array.
 
-This file is the single source of truth for x·sin(x): the forward, its custom derivative rules
-(``jax.custom_vjp`` and ``jax.custom_jvp``) and the residual policies. The Equinox and Flax
-modules only call ``xsin``.
+This file is the single source of truth for x·sin(x): its value, its slope and its own residual
+policy (seed 002's ``"input_and_sin"``). ``_activation.py`` builds the custom rules; the
+Equinox and Flax modules only call ``xsin``.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
-from ._checks import MODES, XSIN_RESIDUALS, as_float_array, check_choice, compute_dtype
-
-RESIDUAL_NAME = "stable_layers.xsin"
+from ._activation import Activation, Policy, up
+from ._checks import as_float_array
 
 
-def _forward(x: jax.Array) -> jax.Array:
-    xc = x.astype(compute_dtype(x.dtype))
-    return (xc * jnp.sin(xc)).astype(x.dtype)
+def _derivative(x: jax.Array) -> jax.Array:
+    return jnp.sin(x) + x * jnp.cos(x)
 
 
-def _to_save(x: jax.Array, residual: str) -> tuple[jax.Array, ...]:
-    """The arrays each policy keeps, in x's dtype (half precision stays half)."""
-    if residual == "input":
-        return (x,)
-    xc = x.astype(compute_dtype(x.dtype))
-    sin_x = jnp.sin(xc)
-    if residual == "input_and_sin":
-        return (x, sin_x.astype(x.dtype))
-    return ((sin_x + xc * jnp.cos(xc)).astype(x.dtype),)
-
-
-def _derivative(saved: tuple[jax.Array, ...], residual: str) -> jax.Array:
-    """d(x sin x)/dx = sin x + x cos x, in the compute dtype, from what the policy kept."""
-    cd = compute_dtype(saved[0].dtype)
-    saved = tuple(s.astype(cd) for s in saved)
-    if residual == "derivative":
-        return saved[0]
-    x = saved[0]
-    sin_x = saved[1] if residual == "input_and_sin" else jnp.sin(x)
-    return sin_x + x * jnp.cos(x)
-
-
-def _apply(saved, g, residual):
-    return (g.astype(compute_dtype(g.dtype)) * _derivative(saved, residual)).astype(g.dtype)
-
-
-# mode="jvp": the tangent map runs under jax.checkpoint so that, when reverse mode linearizes
-# it, what is saved is its input (the policy's residual) and nothing it computes from it.
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _xsin_jvp(x, residual):
-    return _forward(x)
-
-
-@_xsin_jvp.defjvp
-def _xsin_jvp_rule(residual, primals, tangents):
-    (x,), (dx,) = primals, tangents
-    tangent_map = jax.checkpoint(functools.partial(_apply, residual=residual))
-    return _forward(x), tangent_map(checkpoint_name(_to_save(x, residual), RESIDUAL_NAME), dx)
-
-
-# mode="vjp": the forward computes the residual once; the backward is one multiply for the
-# default policy.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _xsin_vjp(x, residual):
-    return _forward(x)
-
-
-def _xsin_vjp_fwd(x, residual):
-    return _forward(x), checkpoint_name(_to_save(x, residual), RESIDUAL_NAME)
-
-
-def _xsin_vjp_bwd(residual, saved, g):
-    return (_apply(saved, g, residual),)
-
-
-_xsin_vjp.defvjp(_xsin_vjp_fwd, _xsin_vjp_bwd)
+_rule = Activation(
+    lambda x: x * jnp.sin(x),
+    derivative=_derivative,
+    name="stable_layers.xsin",
+    # Seed 002's policy: (x, sin x), and the backward recomputes only cos x.
+    policies={
+        "input_and_sin": Policy(
+            keep=lambda x, y, p: (x, jnp.sin(up(x)).astype(x.dtype)),
+            slope=lambda s, p: s[1] + s[0] * jnp.cos(s[0]),
+            keeps_input=True,
+        )
+    },
+    residuals=("derivative", "input_and_sin", "input"),
+)
 
 
 def xsin(
@@ -137,17 +91,7 @@ def xsin(
         >>> print(jax.grad(lambda x: sl.xsin(x).sum())(x))
         [0.         1.3817732  0.07700372]
     """
-    fn = "stable_layers.xsin"
-    residual = check_choice(fn, "residual", residual, XSIN_RESIDUALS)
-    mode = check_choice(fn, "mode", mode, MODES)
-    x = as_float_array(fn, x)
-    return _xsin_jitted(x, residual=residual, mode=mode)
-
-
-# Jitted so an eager call runs one compiled kernel; inside a user's jit this inlines away.
-@functools.partial(jax.jit, static_argnames=("residual", "mode"))
-def _xsin_jitted(x, *, residual, mode):
-    return (_xsin_vjp if mode == "vjp" else _xsin_jvp)(x, residual)
+    return _rule(x, residual=residual, mode=mode)
 
 
 def custom_vjp_with_extra_residual(x: Any) -> jax.Array:

@@ -1,9 +1,9 @@
 """Equinox layers for the stable activations: ``Softplus`` and ``XSin``.
 
-Thin ``equinox.Module`` wrappers around :func:`stable_layers.softplus` and
-:func:`stable_layers.xsin`: they hold the hyperparameters (static fields) and, for a learnable
-β, one scalar array, and call the kernel. Each ``__call__`` takes ``*, key=None`` so the layers
-drop into ``eqx.nn.Sequential``, and they work as ``eqx.nn.MLP(..., activation=Softplus())``.
+Thin ``equinox.Module`` wrappers around the functional kernels: they hold the hyperparameters
+(static fields) and, for a learnable β, one scalar array, and call the kernel. Each
+``__call__`` takes ``*, key=None`` so the layers drop into ``eqx.nn.Sequential``, and they work
+as ``eqx.nn.MLP(..., activation=Softplus())``.
 
 Requires Equinox: ``pip install "stable-layers[equinox]"``.
 """
@@ -11,7 +11,7 @@ Requires Equinox: ``pip install "stable-layers[equinox]"``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 try:
     import equinox as eqx
@@ -24,47 +24,34 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers
+from . import _layers, _xsin
+from ._activation import Activation
 from ._checks import check_layer_beta
 
 __all__ = ["Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.equinox.Softplus"
-_XSIN = "stable_layers.equinox.XSin"
 
 
 class Softplus(eqx.Module):
-    r"""Softplus layer, ``log(1 + exp(βx)) / β``, finite everywhere, optionally with a learnable β.
+    r"""The layer form of :func:`stable_layers.softplus`, optionally with a learnable β.
 
-    ``y = softplus_β(x) = log(1 + exp(βx)) / β`` and ``dy/dx = sigmoid(βx)``. With
-    ``learnable=True`` the layer stores ``log_beta``, a scalar array in ``param_dtype``, and uses
-    ``β = exp(log_beta)``, positive by construction for any value an optimiser gives it;
-    ``dy/dlog_beta = β · dy/dβ = -H(βx)/β``, with H the binary entropy of ``sigmoid(βx)``.
-
-    In floating point β is a finite, normal positive number for ``-87 < log_beta < 88``
-    (``-9.7 < log_beta < 11`` for float16 inputs, since β is cast to the input's dtype).
-
-    The textbook ``jnp.log1p(jnp.exp(beta * x)) / beta`` overflows to ``inf`` once ``βx > 88.7``
-    in float32 (11.1 in float16) and its gradient is then NaN. This layer calls
-    :func:`stable_layers.softplus`, which is finite for every finite input in every float dtype,
-    keeps one array for the backward pass (``residual``), and returns the β gradient from its
-    two-input custom rule. The layer holds no math of its own.
-
-    Inside ``eqx.nn.MLP(..., activation=Softplus(learnable=True))`` the MLP makes one copy of
-    the layer per hidden neuron and calls each on a scalar, so β becomes per-neuron
-    (``log_beta`` of shape ``(depth, width_size)`` inside the MLP).
+    See :func:`stable_layers.softplus` for the math, the guarantees, ``threshold``,
+    ``residual``, ``mode`` and the dtype rules; the layer holds no math of its own. With
+    ``learnable=True`` it holds one array, ``log_beta`` (a scalar in ``param_dtype``), and uses
+    ``β = exp(log_beta)``, positive for any value an optimiser gives it (the README's "Layers"
+    section gives the floating-point range). Inside
+    ``eqx.nn.MLP(..., activation=Softplus(learnable=True))`` the MLP makes one copy of the
+    layer per hidden neuron, so β becomes per-neuron (``log_beta`` of shape
+    ``(depth, width_size)``).
 
     Args:
         beta: The fixed β, or the initial β when ``learnable=True``: a positive finite number.
-        threshold: ``None`` (default; the kernel needs none) or a number: where
-            ``βx > threshold`` the output is ``x`` and its gradient 1 (``torch.nn.Softplus``).
+        threshold: ``None`` (default) or a number, as in ``torch.nn.Softplus``.
         learnable: If True, β is trained: the layer holds exactly one array, ``log_beta``.
             If False (default) the layer holds no arrays at all.
-        residual: What the backward pass keeps: ``"output"`` (default; ``y``, free when the
-            next layer keeps it anyway) or ``"input"`` (``x``). A learnable β also keeps ``x``.
-        mode: ``"vjp"`` (default; ``jax.custom_vjp``: reverse mode and grad-of-grad) or
-            ``"jvp"`` (``jax.custom_jvp``: also ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``).
-            Both give identical values and gradients.
+        residual: ``"output"`` (default) or ``"input"``. A learnable β also keeps ``x``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
         param_dtype: The dtype ``log_beta`` is stored in (default float32); a floating dtype.
 
     Call args:
@@ -155,25 +142,33 @@ class Softplus(eqx.Module):
         )
 
 
-class XSin(eqx.Module):
-    """The oscillating activation ``x · sin(x)`` as a layer, keeping one array for backward.
+class _Elementwise(eqx.Module):
+    """A layer without parameters: it stores ``residual`` and ``mode`` and calls its kernel."""
 
-    ``y = x sin(x)`` and ``dy/dx = sin(x) + x cos(x)``. Plain autodiff of
-    ``x * jnp.sin(x)`` keeps three full-size arrays for the backward pass (x, sin x, cos x);
-    this layer calls :func:`stable_layers.xsin`, which by default keeps one, the derivative
-    itself. The layer holds no arrays and no math of its own.
+    _activation: ClassVar[Activation]
+
+    def __check_init__(self):
+        _layers.check_options(
+            f"{__name__}.{type(self).__name__}", self._activation, self.residual, self.mode
+        )
+
+    def __call__(self, x: Any, *, key: jax.Array | None = None) -> jax.Array:
+        del key
+        return self._activation(x, residual=self.residual, mode=self.mode)
+
+
+class XSin(_Elementwise):
+    """The layer form of :func:`stable_layers.xsin`, ``x · sin(x)``, keeping one array.
+
+    See :func:`stable_layers.xsin` for the math, the residual policies and the dtype rules; the
+    layer holds no arrays and no math of its own.
 
     Args:
-        residual: What the backward pass keeps: ``"derivative"`` (default; one array, the
-            backward is one multiply), ``"input_and_sin"`` (two arrays) or ``"input"`` (``x``
-            only, recomputing sin and cos; cheapest where ``x`` is kept anyway).
-        mode: ``"vjp"`` (default; ``jax.custom_vjp``) or ``"jvp"`` (``jax.custom_jvp``, which
-            also supports ``jax.jvp`` and ``jax.hessian``). Same values and gradients.
+        residual: ``"derivative"`` (default), ``"input_and_sin"`` or ``"input"``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
 
     Call args:
-        x: Array of any shape; the output has its shape and float dtype (bfloat16 in,
-            bfloat16 out, computed in float32 and rounded once).
-        key: Ignored; accepted so the layer fits ``eqx.nn.Sequential``.
+        x: Array of any shape. key: ignored, so the layer fits ``eqx.nn.Sequential``.
 
     Raises:
         ValueError: at construction, for a bad ``residual`` or ``mode``.
@@ -188,13 +183,7 @@ class XSin(eqx.Module):
         [0.         1.3817732  0.07700372]
     """
 
+    _activation = _xsin._rule
     _: dataclasses.KW_ONLY
     residual: str = eqx.field(static=True, default="derivative")
     mode: str = eqx.field(static=True, default="vjp")
-
-    def __check_init__(self):
-        _layers.check_xsin_args(_XSIN, self.residual, self.mode)
-
-    def __call__(self, x: Any, *, key: jax.Array | None = None) -> jax.Array:
-        del key
-        return _layers.apply_xsin(x, residual=self.residual, mode=self.mode)

@@ -1,9 +1,8 @@
 """Flax linen layers for the stable activations: ``Softplus`` and ``XSin``.
 
-Thin ``flax.linen.Module`` wrappers around :func:`stable_layers.softplus` and
-:func:`stable_layers.xsin`: dataclass fields hold the hyperparameters, a learnable β is one
-parameter created with ``self.param``, and ``__call__`` calls the kernel. They drop into
-``flax.linen.Sequential`` or any ``@nn.compact`` method.
+Thin ``flax.linen.Module`` wrappers around the functional kernels: dataclass fields hold the
+hyperparameters, a learnable β is one parameter created with ``self.param``, and ``__call__``
+calls the kernel. They drop into ``flax.linen.Sequential`` or any ``@nn.compact`` method.
 
 Requires Flax: ``pip install "stable-layers[flax]"``.
 """
@@ -11,7 +10,7 @@ Requires Flax: ``pip install "stable-layers[flax]"``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 try:
     import flax.linen as nn
@@ -24,43 +23,30 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers
+from . import _layers, _xsin
+from ._activation import Activation
 
 __all__ = ["Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.linen.Softplus"
-_XSIN = "stable_layers.linen.XSin"
 
 
 class Softplus(nn.Module):
-    r"""Softplus layer, ``log(1 + exp(βx)) / β``, finite everywhere, optionally with a learnable β.
+    r"""The layer form of :func:`stable_layers.softplus`, optionally with a learnable β.
 
-    ``y = softplus_β(x) = log(1 + exp(βx)) / β`` and ``dy/dx = sigmoid(βx)``. With
-    ``learnable=True`` the layer has one parameter, ``params["log_beta"]``, a scalar in
-    ``param_dtype`` initialised to ``log(beta)``, and uses ``β = exp(log_beta)``, positive by
-    construction for any value an optimiser gives it; ``dy/dlog_beta = -H(βx)/β``, with H the
-    binary entropy of ``sigmoid(βx)``.
-
-    In floating point β is a finite, normal positive number for ``-87 < log_beta < 88``
-    (``-9.7 < log_beta < 11`` for float16 inputs, since β is cast to the input's dtype).
-
-    The textbook ``jnp.log1p(jnp.exp(beta * x)) / beta`` overflows to ``inf`` once ``βx > 88.7``
-    in float32 (11.1 in float16) and its gradient is then NaN. This layer calls
-    :func:`stable_layers.softplus`, which is finite for every finite input in every float dtype,
-    keeps one array for the backward pass (``residual``), and returns the β gradient from its
-    two-input custom rule. The layer holds no math of its own.
+    See :func:`stable_layers.softplus` for the math, the guarantees, ``threshold``,
+    ``residual``, ``mode`` and the dtype rules; the layer holds no math of its own. With
+    ``learnable=True`` it has one parameter, ``params["log_beta"]`` (a scalar in
+    ``param_dtype``), and uses ``β = exp(log_beta)``, positive for any value an optimiser gives
+    it (the README's "Layers" section gives the floating-point range).
 
     Attributes:
         beta: The fixed β, or the initial β when ``learnable=True``: a positive finite number.
-        threshold: ``None`` (default; the kernel needs none) or a number: where
-            ``βx > threshold`` the output is ``x`` and its gradient 1 (``torch.nn.Softplus``).
+        threshold: ``None`` (default) or a number, as in ``torch.nn.Softplus``.
         learnable: If True (keyword-only), β is trained through the ``log_beta`` parameter.
             If False (default) ``init`` creates no variables at all.
-        residual: What the backward pass keeps: ``"output"`` (default; ``y``, free when the
-            next layer keeps it anyway) or ``"input"`` (``x``). A learnable β also keeps ``x``.
-        mode: ``"vjp"`` (default; ``jax.custom_vjp``: reverse mode and grad-of-grad) or
-            ``"jvp"`` (``jax.custom_jvp``: also ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``).
-            Both give identical values and gradients.
+        residual: ``"output"`` (default) or ``"input"``. A learnable β also keeps ``x``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
         param_dtype: The dtype ``log_beta`` is stored in (default float32); a floating dtype.
 
     Calling the layer on ``x`` (any shape) returns an array of ``x``'s shape and float dtype:
@@ -133,24 +119,30 @@ class Softplus(nn.Module):
         )
 
 
-class XSin(nn.Module):
-    """The oscillating activation ``x · sin(x)`` as a layer, keeping one array for backward.
+class _Elementwise(nn.Module):
+    """A layer without variables: it stores ``residual`` and ``mode`` and calls its kernel."""
 
-    ``y = x sin(x)`` and ``dy/dx = sin(x) + x cos(x)``. Plain autodiff of
-    ``x * jnp.sin(x)`` keeps three full-size arrays for the backward pass (x, sin x, cos x);
-    this layer calls :func:`stable_layers.xsin`, which by default keeps one, the derivative
-    itself. The layer has no variables and no math of its own.
+    _activation: ClassVar[Activation]
+
+    def __post_init__(self):
+        _layers.check_options(
+            f"{__name__}.{type(self).__name__}", self._activation, self.residual, self.mode
+        )
+        super().__post_init__()
+
+    def __call__(self, x: Any) -> jax.Array:
+        return self._activation(x, residual=self.residual, mode=self.mode)
+
+
+class XSin(_Elementwise):
+    """The layer form of :func:`stable_layers.xsin`, ``x · sin(x)``, keeping one array.
+
+    See :func:`stable_layers.xsin` for the math, the residual policies and the dtype rules; the
+    layer has no variables and no math of its own.
 
     Attributes:
-        residual: What the backward pass keeps (keyword-only): ``"derivative"`` (default; one
-            array, the backward is one multiply), ``"input_and_sin"`` (two arrays) or
-            ``"input"`` (``x`` only, recomputing sin and cos; cheapest where ``x`` is kept
-            anyway).
-        mode: ``"vjp"`` (default; ``jax.custom_vjp``) or ``"jvp"`` (``jax.custom_jvp``, which
-            also supports ``jax.jvp`` and ``jax.hessian``). Same values and gradients.
-
-    Calling the layer on ``x`` returns an array of ``x``'s shape and float dtype (bfloat16 in,
-    bfloat16 out, computed in float32 and rounded once).
+        residual: ``"derivative"`` (default), ``"input_and_sin"`` or ``"input"`` (keyword-only).
+        mode: ``"vjp"`` (default) or ``"jvp"`` (keyword-only).
 
     Raises:
         ValueError: when the layer is constructed, for a bad ``residual`` or ``mode``.
@@ -165,13 +157,7 @@ class XSin(nn.Module):
         [0.         1.3817732  0.07700372]
     """
 
+    _activation = staticmethod(_xsin._rule)
     _: dataclasses.KW_ONLY
     residual: str = "derivative"
     mode: str = "vjp"
-
-    def __post_init__(self):
-        _layers.check_xsin_args(_XSIN, self.residual, self.mode)
-        super().__post_init__()
-
-    def __call__(self, x: Any) -> jax.Array:
-        return _layers.apply_xsin(x, residual=self.residual, mode=self.mode)

@@ -1,16 +1,15 @@
 """Flax nnx layers for the stable activations: ``Softplus`` and ``XSin``.
 
-Thin ``flax.nnx.Module`` wrappers around :func:`stable_layers.softplus` and
-:func:`stable_layers.xsin`: plain attributes hold the hyperparameters, a learnable β is one
-``nnx.Param``, and ``__call__`` calls the kernel. They need no ``rngs`` and drop into
-``nnx.Sequential``.
+Thin ``flax.nnx.Module`` wrappers around the functional kernels: plain attributes hold the
+hyperparameters, a learnable β is one ``nnx.Param``, and ``__call__`` calls the kernel. They
+need no ``rngs`` and drop into ``nnx.Sequential``.
 
 Requires Flax: ``pip install "stable-layers[flax]"``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 try:
     from flax import nnx
@@ -23,44 +22,31 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers
+from . import _layers, _xsin
+from ._activation import Activation
 from ._checks import check_float_dtype
 
 __all__ = ["Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.nnx.Softplus"
-_XSIN = "stable_layers.nnx.XSin"
 
 
 class Softplus(nnx.Module):
-    r"""Softplus layer, ``log(1 + exp(βx)) / β``, finite everywhere, optionally with a learnable β.
+    r"""The layer form of :func:`stable_layers.softplus`, optionally with a learnable β.
 
-    ``y = softplus_β(x) = log(1 + exp(βx)) / β`` and ``dy/dx = sigmoid(βx)``. With
-    ``learnable=True`` the layer holds one ``nnx.Param``, ``log_beta``, a scalar in
-    ``param_dtype`` initialised to ``log(beta)``, and uses ``β = exp(log_beta)``, positive by
-    construction for any value an optimiser gives it; ``dy/dlog_beta = -H(βx)/β``, with H the
-    binary entropy of ``sigmoid(βx)``. With ``learnable=False`` (default) ``log_beta`` is None
-    and the layer's state is empty.
-
-    In floating point β is a finite, normal positive number for ``-87 < log_beta < 88``
-    (``-9.7 < log_beta < 11`` for float16 inputs, since β is cast to the input's dtype).
-
-    The textbook ``jnp.log1p(jnp.exp(beta * x)) / beta`` overflows to ``inf`` once ``βx > 88.7``
-    in float32 (11.1 in float16) and its gradient is then NaN. This layer calls
-    :func:`stable_layers.softplus`, which is finite for every finite input in every float dtype,
-    keeps one array for the backward pass (``residual``), and returns the β gradient from its
-    two-input custom rule. The layer holds no math of its own.
+    See :func:`stable_layers.softplus` for the math, the guarantees, ``threshold``,
+    ``residual``, ``mode`` and the dtype rules; the layer holds no math of its own. With
+    ``learnable=True`` it holds one ``nnx.Param``, ``log_beta`` (a scalar in ``param_dtype``
+    initialised to ``log(beta)``), and uses ``β = exp(log_beta)``, positive for any value an
+    optimiser gives it (the README's "Layers" section gives the floating-point range). With
+    ``learnable=False`` (default) ``log_beta`` is None and the layer's state is empty.
 
     Args:
         beta: The fixed β, or the initial β when ``learnable=True``: a positive finite number.
-        threshold: ``None`` (default; the kernel needs none) or a number: where
-            ``βx > threshold`` the output is ``x`` and its gradient 1 (``torch.nn.Softplus``).
+        threshold: ``None`` (default) or a number, as in ``torch.nn.Softplus``.
         learnable: If True, β is trained through the ``log_beta`` parameter.
-        residual: What the backward pass keeps: ``"output"`` (default; ``y``, free when the
-            next layer keeps it anyway) or ``"input"`` (``x``). A learnable β also keeps ``x``.
-        mode: ``"vjp"`` (default; ``jax.custom_vjp``: reverse mode and grad-of-grad) or
-            ``"jvp"`` (``jax.custom_jvp``: also ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``).
-            Both give identical values and gradients.
+        residual: ``"output"`` (default) or ``"input"``. A learnable β also keeps ``x``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
         param_dtype: The dtype ``log_beta`` is stored in (default float32); a floating dtype.
         dtype: The dtype of the computation, as in ``nnx.PReLU``: if set, ``x`` is cast to it
             and the output has it; ``None`` (default) computes in ``x``'s dtype. Either way β
@@ -136,23 +122,30 @@ class Softplus(nnx.Module):
         )
 
 
-class XSin(nnx.Module):
-    """The oscillating activation ``x · sin(x)`` as a layer, keeping one array for backward.
+class _Elementwise(nnx.Module):
+    """A layer without state: it stores ``residual`` and ``mode`` and calls its kernel."""
 
-    ``y = x sin(x)`` and ``dy/dx = sin(x) + x cos(x)``. Plain autodiff of
-    ``x * jnp.sin(x)`` keeps three full-size arrays for the backward pass (x, sin x, cos x);
-    this layer calls :func:`stable_layers.xsin`, which by default keeps one, the derivative
-    itself. The layer has no state and no math of its own.
+    _activation: ClassVar[Activation]
+
+    def __init__(self, *, residual: str | None = None, mode: str = "vjp"):
+        residual = self._activation.residuals[0] if residual is None else residual
+        _layers.check_options(f"{__name__}.{type(self).__name__}", self._activation, residual, mode)
+        self.residual = residual
+        self.mode = mode
+
+    def __call__(self, x: Any) -> jax.Array:
+        return self._activation(x, residual=self.residual, mode=self.mode)
+
+
+class XSin(_Elementwise):
+    """The layer form of :func:`stable_layers.xsin`, ``x · sin(x)``, keeping one array.
+
+    See :func:`stable_layers.xsin` for the math, the residual policies and the dtype rules; the
+    layer has no state and no math of its own.
 
     Args:
-        residual: What the backward pass keeps: ``"derivative"`` (default; one array, the
-            backward is one multiply), ``"input_and_sin"`` (two arrays) or ``"input"`` (``x``
-            only, recomputing sin and cos; cheapest where ``x`` is kept anyway).
-        mode: ``"vjp"`` (default; ``jax.custom_vjp``) or ``"jvp"`` (``jax.custom_jvp``, which
-            also supports ``jax.jvp`` and ``jax.hessian``). Same values and gradients.
-
-    Calling the layer on ``x`` returns an array of ``x``'s shape and float dtype (bfloat16 in,
-    bfloat16 out, computed in float32 and rounded once).
+        residual: ``"derivative"`` (default), ``"input_and_sin"`` or ``"input"``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
 
     Raises:
         ValueError: in ``__init__``, for a bad ``residual`` or ``mode``.
@@ -167,10 +160,4 @@ class XSin(nnx.Module):
         [0.         1.3817732  0.07700372]
     """
 
-    def __init__(self, *, residual: str = "derivative", mode: str = "vjp"):
-        _layers.check_xsin_args(_XSIN, residual, mode)
-        self.residual = residual
-        self.mode = mode
-
-    def __call__(self, x: Any) -> jax.Array:
-        return _layers.apply_xsin(x, residual=self.residual, mode=self.mode)
+    _activation = _xsin._rule

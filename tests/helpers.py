@@ -1,0 +1,176 @@
+"""The one home of the test helpers: sweeps, ulps, float64 references and comparisons.
+
+The tests and ``benchmarks/`` (which puts ``tests/`` on its path) share these, so accuracy is
+measured with one definition of an ulp. Nothing here ships in the package.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def np_dtype(name: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def sweep(name: str, n: int = 1 << 20, limit: float | None = None) -> np.ndarray:
+    """A dense sweep of finite inputs of dtype ``name``, sorted and unique.
+
+    Half precision: every finite value (exhaustive). float32/float64: ``n`` points, half of
+    them uniform on [-limit, limit] (default: where softplus changes regime) and half
+    log-spaced in magnitude up to ±finfo.max, plus 0, ±tiny and ±max.
+    """
+    dt = np_dtype(name)
+    fi = ml_dtypes.finfo(dt)
+    if fi.bits == 16:
+        with np.errstate(invalid="ignore"):  # the NaN bit patterns
+            vals = np.arange(1 << 16, dtype=np.uint16).view(dt).astype(np.float64)
+        vals = vals[np.isfinite(vals)]
+    else:
+        limit = 120.0 if limit is None else limit
+        lo, hi = np.log10(float(fi.smallest_subnormal)), np.log10(float(fi.max))
+        with np.errstate(over="ignore"):  # 10**hi may round past finfo.max
+            mags = np.logspace(lo, hi, n // 4)
+        mags = mags[mags <= float(fi.max)]
+        lin = np.linspace(-limit, limit, n // 2)
+        edges = [0.0, float(fi.tiny), -float(fi.tiny), float(fi.max), -float(fi.max)]
+        vals = np.concatenate([lin, mags, -mags, edges]).astype(dt)
+        vals = vals[np.isfinite(vals.astype(np.float64))]
+    return np.unique(vals.astype(np.float64)).astype(dt)
+
+
+def ulp_error(actual, reference, name: str, flush_subnormals: bool = True) -> np.ndarray:
+    """|actual - reference| in units of the last place of ``name`` at ``reference``.
+
+    ``reference`` is float64 (or better). Equal infinities and matching NaNs count as 0; a
+    non-finite result where the reference is finite counts as inf. Below ``finfo.tiny`` the
+    ulp is the subnormal spacing. With ``flush_subnormals`` (default) a result of 0 where the
+    reference is subnormal counts as exact: XLA on CPU and GPU flushes subnormals to zero, for
+    every kernel alike, so that is a property of the backend, not of a formula.
+    """
+    fi = ml_dtypes.finfo(np_dtype(name))
+    a = np.asarray(actual).astype(np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if flush_subnormals:
+        r = np.where((np.abs(r) < float(fi.tiny)) & (a == 0), 0.0, r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exp = np.floor(np.log2(np.abs(r)))
+        exp = np.maximum(np.where(np.isfinite(exp), exp, fi.minexp), fi.minexp)
+        ulp = np.ldexp(1.0, (exp - fi.nmant).astype(np.int64))
+        err = np.abs(a - r) / ulp
+    same = (a == r) | (np.isnan(a) & np.isnan(r))
+    err = np.where(same, 0.0, err)
+    return np.where(np.isnan(err), np.inf, err)
+
+
+def softplus_ref(x, beta: float = 1.0) -> np.ndarray:
+    """log(1 + exp(βx)) / β in float64 (relative error ~1e-16, far below a float32 ulp)."""
+    z = beta * np.asarray(x, dtype=np.float64)
+    return np.logaddexp(0.0, z) / beta
+
+
+def sigmoid_ref(z) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0, e) / (1.0 + e)
+
+
+def xsin_ref(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x * np.sin(x)
+
+
+def xsin_grad_ref(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.sin(x) + x * np.cos(x)
+
+
+def softplus_inverse_ref(y, beta: float = 1.0) -> np.ndarray:
+    """log(expm1(βy)) / β in float64, written as βy + log(-expm1(-βy)) above 1 (no overflow)."""
+    z = beta * np.asarray(y, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        small = np.log(np.expm1(np.minimum(z, 1.0)))
+        large = z + np.log(-np.expm1(-z))
+    return np.where(z > 1.0, large, small) / beta
+
+
+# --------------------------------------------------------------------------------------
+# Layer tests (Equinox, linen, nnx): references and comparisons for networks.
+# --------------------------------------------------------------------------------------
+
+F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
+
+
+def ref_softplus(x, beta):
+    """float64 log(1 + exp(βx)) / β, not through stable_layers."""
+    return jnp.logaddexp(0.0, beta * x) / beta
+
+
+def assert_tree_close(actual, ref, rtol, *, same_structure=True):
+    """Leaves finite, of equal shapes, and close to the reference (float64) leaves.
+
+    ``same_structure=False`` compares leaves only (an Equinox module against a plain pytree).
+    """
+    if same_structure:
+        assert jax.tree.structure(actual) == jax.tree.structure(ref)
+    a_leaves, r_leaves = jax.tree.leaves(actual), jax.tree.leaves(ref)
+    assert len(a_leaves) == len(r_leaves)
+    for a, r in zip(a_leaves, r_leaves):
+        assert a.shape == r.shape
+        assert np.all(np.isfinite(np.asarray(a, np.float64)))
+        r = np.asarray(r, np.float64)
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64), r, rtol=rtol, atol=rtol * np.abs(r).max()
+        )
+
+
+def big_inputs(n=32, d=2, seed=0):
+    # x100: pre-activations reach the hundreds, where exp overflows float32 (x > 88.7).
+    return jnp.asarray(100.0 * np.random.default_rng(seed).normal(size=(n, d)), F32)
+
+
+def naive_overflows(h):
+    """Whether the textbook log1p(exp(h)) is non-finite somewhere, in float32."""
+    with np.errstate(over="ignore"):
+        return not np.all(np.isfinite(np.log1p(np.exp(np.asarray(h, np.float32)))))
+
+
+# --------------------------------------------------------------------------------------
+# Memory: what the backward pass keeps, and the compiled temp memory of an MLP step.
+# --------------------------------------------------------------------------------------
+
+try:  # public in newer JAX; the internal name has been stable since 0.4
+    from jax.ad_checkpoint import saved_residuals
+except ImportError:  # pragma: no cover - depends on the JAX version
+    from jax._src.ad_checkpoint import saved_residuals
+
+
+def residual_arrays(f, *args):
+    """The residuals of the shape of the first argument (not scalars such as a beta)."""
+    shape = jnp.shape(args[0])
+    return [aval for aval, _ in saved_residuals(f, *args) if aval.shape == shape]
+
+
+def mlp_temp_bytes(act, dtype=jnp.float32, depth=8, width=256, batch=512):
+    """Compiled temp memory of an MLP gradient step with ``act`` after every layer.
+
+    float32 parameters are cast to the compute ``dtype`` and the loss is taken in float32, as
+    in mixed-precision training.
+    """
+    keys = jax.random.split(jax.random.PRNGKey(0), depth)
+    ws = [jax.random.normal(k, (width, width), jnp.float32) / 16 for k in keys]
+    x = jnp.ones((batch, width), jnp.float32)
+
+    def loss(ws, x):
+        h = x.astype(dtype)
+        for w in ws:
+            h = act(h @ w.astype(dtype))
+        return jnp.mean(h.astype(jnp.float32) ** 2)
+
+    step = jax.jit(jax.grad(loss))
+    return step.lower(ws, x).compile().memory_analysis().temp_size_in_bytes
