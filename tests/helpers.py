@@ -90,6 +90,11 @@ def xsin_grad_ref(x) -> np.ndarray:
     return np.sin(x) + x * np.cos(x)
 
 
+def log_sigmoid_ref(x) -> np.ndarray:
+    """log(sigmoid(x)) = -log(1 + exp(-x)) in float64."""
+    return -np.logaddexp(0.0, -np.asarray(x, dtype=np.float64))
+
+
 def softplus_inverse_ref(y, beta: float = 1.0) -> np.ndarray:
     """log(expm1(βy)) / β in float64, written as βy + log(-expm1(-βy)) above 1 (no overflow)."""
     z = beta * np.asarray(y, dtype=np.float64)

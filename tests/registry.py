@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import sigmoid_ref, softplus_ref, xsin_grad_ref, xsin_ref
+from helpers import log_sigmoid_ref, sigmoid_ref, softplus_ref, xsin_grad_ref, xsin_ref
 
 import stable_layers as sl
 
@@ -82,6 +82,23 @@ ENTRIES = [
         naive=lambda x: jnp.log1p(jnp.exp(x)),
         peer=jax.nn.softplus,
         layer="Softplus",
+        monotone=True,
+    ),
+    Entry(
+        name="log_sigmoid",
+        fn=sl.log_sigmoid,
+        residuals={"output": 1, "input": 1},
+        reference=log_sigmoid_ref,
+        derivative=lambda x: sigmoid_ref(-np.asarray(x, np.float64)),
+        ulps={
+            "float16": (0.5, 1.4),
+            "bfloat16": (0.5, 1.4),
+            "float32": (3.0, 3.0),
+            "float64": (2.0, 4.0),
+        },
+        naive=lambda x: jnp.log(jax.nn.sigmoid(x)),
+        peer=jax.nn.log_sigmoid,
+        layer="LogSigmoid",
         monotone=True,
     ),
     Entry(

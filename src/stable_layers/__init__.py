@@ -7,6 +7,7 @@ The functional kernels live here; the framework modules live in ``stable_layers.
 
 from ._activation import Activation as Activation
 from ._activation import custom_activation as custom_activation
+from ._log_sigmoid import log_sigmoid as log_sigmoid
 from ._softplus import softplus as softplus
 from ._softplus import stable_log1pexp as stable_log1pexp
 from ._xsin import custom_vjp_with_extra_residual as custom_vjp_with_extra_residual
@@ -18,6 +19,7 @@ __all__ = [
     "Activation",
     "custom_activation",
     "custom_vjp_with_extra_residual",
+    "log_sigmoid",
     "softplus",
     "stable_log1pexp",
     "xsin",

@@ -1,4 +1,4 @@
-"""Equinox layers for the stable activations: ``Softplus`` and ``XSin``.
+"""Equinox layers for the stable activations: ``Softplus``, ``XSin`` and ``LogSigmoid``.
 
 Thin ``equinox.Module`` wrappers around the functional kernels: they hold the hyperparameters
 (static fields) and, for a learnable β, one scalar array, and call the kernel. Each
@@ -24,11 +24,11 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers, _xsin
+from . import _layers, _log_sigmoid, _xsin
 from ._activation import Activation
 from ._checks import check_layer_beta
 
-__all__ = ["Softplus", "XSin"]
+__all__ = ["LogSigmoid", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.equinox.Softplus"
 
@@ -186,4 +186,33 @@ class XSin(_Elementwise):
     _activation = _xsin._rule
     _: dataclasses.KW_ONLY
     residual: str = eqx.field(static=True, default="derivative")
+    mode: str = eqx.field(static=True, default="vjp")
+
+
+class LogSigmoid(_Elementwise):
+    """The layer form of :func:`stable_layers.log_sigmoid`, ``log(sigmoid(x))``.
+
+    See :func:`stable_layers.log_sigmoid` for the math, the guarantees and the dtype rules; the
+    layer holds no arrays and no math of its own.
+
+    Args:
+        residual: ``"output"`` (default) or ``"input"``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
+
+    Call args:
+        x: Array of any shape. key: ignored, so the layer fits ``eqx.nn.Sequential``.
+
+    Raises:
+        ValueError: at construction, for a bad ``residual`` or ``mode``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from stable_layers.equinox import LogSigmoid
+        >>> print(LogSigmoid()(jnp.array([-100.0, 0.0], jnp.float32)))
+        [-100.          -0.6931472]
+    """
+
+    _activation = _log_sigmoid._rule
+    _: dataclasses.KW_ONLY
+    residual: str = eqx.field(static=True, default="output")
     mode: str = eqx.field(static=True, default="vjp")

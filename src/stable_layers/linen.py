@@ -1,4 +1,4 @@
-"""Flax linen layers for the stable activations: ``Softplus`` and ``XSin``.
+"""Flax linen layers for the stable activations: ``Softplus``, ``XSin`` and ``LogSigmoid``.
 
 Thin ``flax.linen.Module`` wrappers around the functional kernels: dataclass fields hold the
 hyperparameters, a learnable β is one parameter created with ``self.param``, and ``__call__``
@@ -23,10 +23,10 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers, _xsin
+from . import _layers, _log_sigmoid, _xsin
 from ._activation import Activation
 
-__all__ = ["Softplus", "XSin"]
+__all__ = ["LogSigmoid", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.linen.Softplus"
 
@@ -160,4 +160,30 @@ class XSin(_Elementwise):
     _activation = staticmethod(_xsin._rule)
     _: dataclasses.KW_ONLY
     residual: str = "derivative"
+    mode: str = "vjp"
+
+
+class LogSigmoid(_Elementwise):
+    """The layer form of :func:`stable_layers.log_sigmoid`, ``log(sigmoid(x))``.
+
+    See :func:`stable_layers.log_sigmoid` for the math, the guarantees and the dtype rules; the
+    layer has no variables and no math of its own.
+
+    Attributes:
+        residual: ``"output"`` (default) or ``"input"`` (keyword-only).
+        mode: ``"vjp"`` (default) or ``"jvp"`` (keyword-only).
+
+    Raises:
+        ValueError: when the layer is constructed, for a bad ``residual`` or ``mode``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from stable_layers.linen import LogSigmoid
+        >>> print(LogSigmoid().apply({}, jnp.array([-100.0, 0.0], jnp.float32)))
+        [-100.          -0.6931472]
+    """
+
+    _activation = staticmethod(_log_sigmoid._rule)
+    _: dataclasses.KW_ONLY
+    residual: str = "output"
     mode: str = "vjp"

@@ -1,4 +1,4 @@
-"""Flax nnx layers for the stable activations: ``Softplus`` and ``XSin``.
+"""Flax nnx layers for the stable activations: ``Softplus``, ``XSin`` and ``LogSigmoid``.
 
 Thin ``flax.nnx.Module`` wrappers around the functional kernels: plain attributes hold the
 hyperparameters, a learnable β is one ``nnx.Param``, and ``__call__`` calls the kernel. They
@@ -22,11 +22,11 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers, _xsin
+from . import _layers, _log_sigmoid, _xsin
 from ._activation import Activation
 from ._checks import check_float_dtype
 
-__all__ = ["Softplus", "XSin"]
+__all__ = ["LogSigmoid", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.nnx.Softplus"
 
@@ -161,3 +161,26 @@ class XSin(_Elementwise):
     """
 
     _activation = _xsin._rule
+
+
+class LogSigmoid(_Elementwise):
+    """The layer form of :func:`stable_layers.log_sigmoid`, ``log(sigmoid(x))``.
+
+    See :func:`stable_layers.log_sigmoid` for the math, the guarantees and the dtype rules; the
+    layer has no state and no math of its own.
+
+    Args:
+        residual: ``"output"`` (default) or ``"input"``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
+
+    Raises:
+        ValueError: in ``__init__``, for a bad ``residual`` or ``mode``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from stable_layers.nnx import LogSigmoid
+        >>> print(LogSigmoid()(jnp.array([-100.0, 0.0], jnp.float32)))
+        [-100.          -0.6931472]
+    """
+
+    _activation = _log_sigmoid._rule
