@@ -55,6 +55,27 @@ class Policy:
     keeps_input: bool = False
 
 
+def _store_half(y: Array, x: Array) -> Array:
+    """``y``, already rounded to x's dtype, written once as float16 rather than recomputed.
+
+    XLA:CPU's fusion cost model counts an f32->f16 convert as cheap and copies it, with the
+    elementwise chain before it, into every consumer, so a float16 output is never stored and
+    the backward pass re-derives it from float32 intermediates (the matmul output and the
+    activation's inner terms): 8 bytes per element kept instead of 2. A divide counts as
+    expensive, so it is computed once and its float16 result stored. Exact: the divisor is 1
+    (0 only for a NaN x, whose output is NaN anyway). bfloat16 needs nothing (f32->bf16
+    already counts as expensive). ``benchmarks/results.md``'s memory table measures it.
+    """
+    return y / (x == x).astype(y.dtype) if y.dtype == jnp.float16 else y
+
+
+def _after(a: Array, g: Array) -> Array:
+    """``a``, made to depend on the cotangent ``g`` (equal to ``a`` unless g is NaN, when the
+    cotangent is NaN anyway), so XLA cannot hoist the slope's transcendental into the forward
+    pass, where its float32 result would stay live until the backward pass."""
+    return jnp.where(g != g, jnp.nan, a)
+
+
 def up(a: Array) -> Array:
     """``a`` in the compute dtype: float32 for half precision, its own dtype otherwise."""
     return a.astype(compute_dtype(a.dtype))
@@ -66,6 +87,13 @@ class Activation:
     Calling it as ``act(x, *params, residual=..., mode=...)`` validates the options, promotes
     ``x`` and runs the chosen rule under ``jax.jit`` (an eager call is one compiled kernel;
     inside a user's ``jit`` it inlines away).
+
+    Beyond :func:`custom_activation`'s arguments, the built-ins may declare
+    ``param_derivatives`` (``(x, *params) -> dy/dparam`` for each parameter, e.g. softplus's
+    β), ``policies`` of their own (xsin's ``"input_and_sin"``), the valid ``residuals`` (the
+    default first), and ``value_and_derivative``: ``x -> (y, dy/dx)`` in one pass, taking and
+    returning x's own dtype, used by the ``"derivative"`` policy's forward pass (x·sin x gets
+    both from one range reduction). Grad-of-grad differentiates it with autodiff.
 
     Attributes:
         name: The ``checkpoint_name`` every kept array is tagged with.
@@ -82,9 +110,11 @@ class Activation:
         param_derivatives: Callable[..., tuple[Array, ...]] | None = None,
         policies: dict[str, Policy] | None = None,
         residuals: tuple[str, ...] | None = None,
+        value_and_derivative: Callable[..., tuple[Array, Array]] | None = None,
     ):
         self.forward = forward
         self.derivative = derivative
+        self._value_and_derivative = value_and_derivative
         self.name = name
         self._param_derivatives = param_derivatives
         every = {
@@ -132,7 +162,8 @@ class Activation:
 
     def _value(self, x, dyn, cfg):
         cd = compute_dtype(x.dtype)
-        return self.forward(x.astype(cd), *self._params(dyn, cfg[0], cd)).astype(x.dtype)
+        y = self.forward(x.astype(cd), *self._params(dyn, cfg[0], cd)).astype(x.dtype)
+        return _store_half(y, x)
 
     def _keep(self, x, y, dyn, cfg, params_differentiated):
         """The arrays the backward pass keeps, plus ``x`` for a differentiated parameter."""
@@ -141,10 +172,13 @@ class Activation:
         x_for_params = x if params_differentiated and not policy.keeps_input else None
         return checkpoint_name((saved, x_for_params), self.name)
 
-    def _slope(self, kept, dyn, cfg):
+    def _slope(self, kept, dyn, cfg, g=None):
         cd = compute_dtype(kept[0][0].dtype)
         params = self._params(dyn, cfg[0], cd)
-        return self._policies[cfg[1]].slope(tuple(map(up, kept[0])), params), params
+        saved = tuple(map(up, kept[0]))
+        if g is not None:  # vjp: compute the slope only once the cotangent exists
+            saved = tuple(_after(s, g) for s in saved)
+        return self._policies[cfg[1]].slope(saved, params), params
 
     def _input(self, kept, cfg):
         return kept[0][0] if self._policies[cfg[1]].keeps_input else kept[1]
@@ -161,6 +195,15 @@ def _vjp_rule(act: Activation):
     def fwd(x, dyn, cfg):
         differentiated = any(p.perturbed for p in dyn)
         x, dyn = x.value, tuple(p.value for p in dyn)
+        if act._value_and_derivative is not None and cfg[1] == "derivative" and not dyn:
+            # Both from one pass (x·sin x: one range reduction). Grad-of-grad differentiates
+            # this pair with autodiff, so the declaration must be accurately differentiable.
+            # It takes x in its own dtype and returns both in it, so a half-precision
+            # rounding can happen inside its own pass.
+            y, d = act._value_and_derivative(x)
+            kept = checkpoint_name(((d,), None), act.name)
+            y = _store_half(y, x)
+            return y, (kept, dyn, None)
         # y through the custom_jvp rule: grad-of-grad differentiates this forward and then
         # gets the declared derivatives instead of autodiff of the forward formula.
         y = act._jvp(x, dyn, cfg)
@@ -171,8 +214,8 @@ def _vjp_rule(act: Activation):
 
     def bwd(cfg, res, g):
         kept, dyn, flag = res
-        slope, params = act._slope(kept, dyn, cfg)
         gc = up(g)
+        slope, params = act._slope(kept, dyn, cfg, gc)
         gx = (gc * slope).astype(g.dtype)
         if flag is None:
             return gx, tuple(None for _ in dyn)  # None: a zero cotangent
@@ -287,7 +330,7 @@ def custom_activation(
         TypeError: ``forward``, ``derivative`` or ``derivative_from_output`` is not callable,
             or ``name`` is not a string.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import stable_layers as sl
         >>> sigmoid = sl.custom_activation(

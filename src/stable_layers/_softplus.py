@@ -67,28 +67,52 @@ def _entropy_jvp(primals, tangents):
     return _entropy(z), -_finite_or_zero(z) * _sigmoid(z) * _sigmoid(-z) * dz
 
 
-# Below this, 1 - exp(-u) loses more than a bit to cancellation (exp(-u) > 0.7).
-_POLY_CUTOFF = 0.35
+# Range reduction u = k ln2 + r (k = round(u / ln2), |r| <= ln2/2):
+#   1 - exp(-u) = (1 - 2^-k) + 2^-k m,   m = 1 - exp(-r) = r + r^2 P(r).
+# Every constant is a float32 value written out exactly.
+_INV_LN2 = 1.4426950216293335  # float32(1 / ln 2)
+_LN2_HI = 0.693145751953125  # ln 2 to 16 bits (0x1.62e4p-1): k * _LN2_HI is exact for k < 256
+_LN2_LO = 1.428606765330187e-06  # float32(ln 2 - _LN2_HI)
+_U_CLAMP = 30.0  # 1 - exp(-30) rounds to 1; keeps k <= 44 (also maps inf to 1)
+_K_BITS = 12582912.0  # 1.5 * 2^23: the bits of k + this are 0x4B400000 + k
+# Minimax (relative error of r + r^2 P(r)) on [-ln2/2, ln2/2], degree 4: a discrete Remez fit
+# in float64 against mpmath, the coefficients rounded to float32 one at a time with the rest
+# refitted (minimax error 0.236 * 2^-24 relative).
+_P = (
+    -0.4999999701976776,  # -0x1.fffffep-2
+    0.16666539013385773,  # 0x1.5554aap-3
+    -0.04166775569319725,  # -0x1.55579ep-5
+    0.008367124013602734,  # 0x1.122c86p-7
+    -0.0013835642021149397,  # -0x1.6ab16cp-10
+)
 
 
 @jax.custom_jvp
 def _one_minus_exp_neg(u: jax.Array) -> jax.Array:
-    """1 - exp(-u) for u >= 0 to ~1 ulp in float32: sigmoid from softplus's output.
+    """1 - exp(-u) for u >= 0 to < 1 ulp in float32: sigmoid from softplus's output.
 
-    ``1 - exp(-u)`` cancels for small u, and XLA's float32 ``expm1`` loses several ulps there
-    on CPU. Below 0.35 a degree-8 Taylor polynomial in nested form,
-    ``u(1 - u/2(1 - u/3(1 - ...)))``, has truncation error < 1e-9 relative; above it
-    ``exp(-u) < 0.71`` and ``1 - exp(-u)`` loses at most a bit. The resulting gradient
-    accuracy is measured in ``benchmarks/results.md`` and asserted in
-    ``tests/test_softplus.py``. float64 keeps ``-expm1(-u)``, which is accurate there.
+    ``1 - exp(-u)`` cancels for small u, and XLA's float32 ``expm1`` loses ~5 ulps on CPU.
+    This is expm1 written out: with k = round(u / ln2) and r = u - k ln2 (Cody-Waite, the
+    first step exact), ``1 - exp(-u) = (1 - 2^-k) + 2^-k (1 - exp(-r))``, and 1 - exp(-r)
+    is ``r + r^2 P(r)`` with P a degree-4 minimax polynomial on |r| <= ln2/2. For k = 0
+    (u < 0.347) r = u exactly. 2^-k is built from k's bits. No exp and no select, so the
+    backward pass is cheaper than ``jax.nn.softplus``'s (``benchmarks/results.md`` measures
+    it) and the softplus gradient is within 2.8 ulp in float32 (``tests/test_softplus.py``).
+    float64 keeps ``-expm1(-u)``, which is accurate there.
     """
     if u.dtype == jnp.float64:
         return -jnp.expm1(-u)
-    small = jnp.minimum(u, _POLY_CUTOFF)
-    acc = jnp.ones_like(u)
-    for k in range(8, 1, -1):
-        acc = 1 - small * (1.0 / k) * acc
-    return jnp.where(u > _POLY_CUTOFF, 1 - jnp.exp(-u), small * acc)
+    uc = jnp.minimum(u, _U_CLAMP)  # NaN stays NaN
+    k = jax.lax.round(uc * _INV_LN2, jax.lax.RoundingMethod.TO_NEAREST_EVEN)
+    r = (uc - k * _LN2_HI) - k * _LN2_LO
+    p = _P[-1]
+    for c in _P[-2::-1]:
+        p = p * r + c
+    m = r + (r * r) * p
+    k_bits = jax.lax.bitcast_convert_type(k + _K_BITS, jnp.int32)  # 0x4B400000 + k
+    # (k_bits << 23) is k << 23 (the high bits shift out); 0x3F800000 is 1.0f: this is 2^-k.
+    s = jax.lax.bitcast_convert_type(jnp.int32(0x3F800000) - (k_bits << 23), u.dtype)
+    return (1 - s) + s * m
 
 
 @_one_minus_exp_neg.defjvp
@@ -211,7 +235,7 @@ def softplus(
         ValueError: ``beta <= 0``, ``threshold`` is NaN or not a number, ``beta`` does not
             broadcast to ``x.shape``, or ``residual``/``mode`` is not a valid choice.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import stable_layers as sl
         >>> x = jnp.array([-100.0, 0.0, 100.0], jnp.float32)
@@ -267,7 +291,7 @@ def stable_log1pexp(x: Any) -> jax.Array:
     Returns:
         ``log(1 + exp(x))``, same shape and float dtype as ``x``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from stable_layers import stable_log1pexp
         >>> print(stable_log1pexp(jnp.array([0.0, 1.0, 100.0], jnp.float32)))
