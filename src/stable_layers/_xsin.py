@@ -7,6 +7,7 @@ Equinox and Flax modules only call ``xsin``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import jax
@@ -14,21 +15,46 @@ import jax.numpy as jnp
 
 from ._activation import Activation, Policy, up
 from ._checks import as_float_array
+from ._sincos import sincos
+
+# One range reduction gives sin and cos (_sincos.py); each epilogue runs inside its branch, so
+# only what a rule needs is written to memory. Module-level functions: sincos jits on them.
 
 
-def _derivative(x: jax.Array) -> jax.Array:
-    return jnp.sin(x) + x * jnp.cos(x)
+def _value(x, s, c):
+    return x * s
+
+
+def _slope(x, s, c):
+    return s + x * c
+
+
+@functools.cache
+def _value_and_slope_as(dtype):
+    def value_and_slope(x, s, c):
+        return (x * s).astype(dtype), (s + x * c).astype(dtype)
+
+    return value_and_slope
+
+
+def _sin(x, s, c):
+    return s
+
+
+def _cos(x, s, c):
+    return c
 
 
 _rule = Activation(
-    lambda x: x * jnp.sin(x),
-    derivative=_derivative,
+    lambda x: sincos(x, epilogue=_value),
+    derivative=lambda x: sincos(x, epilogue=_slope),
+    value_and_derivative=lambda x: sincos(x, epilogue=_value_and_slope_as(x.dtype)),
     name="stable_layers.xsin",
     # Seed 002's policy: (x, sin x), and the backward recomputes only cos x.
     policies={
         "input_and_sin": Policy(
-            keep=lambda x, y, p: (x, jnp.sin(up(x)).astype(x.dtype)),
-            slope=lambda s, p: s[1] + s[0] * jnp.cos(s[0]),
+            keep=lambda x, y, p: (x, sincos(up(x), epilogue=_sin).astype(x.dtype)),
+            slope=lambda s, p: s[1] + s[0] * sincos(s[0], epilogue=_cos),
             keeps_input=True,
         )
     },
@@ -82,7 +108,7 @@ def xsin(
         TypeError: ``x`` is complex.
         ValueError: ``residual`` or ``mode`` is not a valid choice.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import stable_layers as sl
         >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)
@@ -108,7 +134,7 @@ def custom_vjp_with_extra_residual(x: Any) -> jax.Array:
     Returns:
         ``sin x + x cos x``, same shape and float dtype as ``x``.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from stable_layers import custom_vjp_with_extra_residual
         >>> print(custom_vjp_with_extra_residual(jnp.array([0.0, 1.0, 2.0], jnp.float32)))
