@@ -10,6 +10,7 @@ from ._activation import custom_activation as custom_activation
 from ._log_sigmoid import log_sigmoid as log_sigmoid
 from ._softplus import softplus as softplus
 from ._softplus import stable_log1pexp as stable_log1pexp
+from ._softplus_inverse import softplus_inverse as softplus_inverse
 from ._xsin import custom_vjp_with_extra_residual as custom_vjp_with_extra_residual
 from ._xsin import xsin as xsin
 
@@ -21,6 +22,7 @@ __all__ = [
     "custom_vjp_with_extra_residual",
     "log_sigmoid",
     "softplus",
+    "softplus_inverse",
     "stable_log1pexp",
     "xsin",
 ]

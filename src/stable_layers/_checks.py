@@ -120,7 +120,7 @@ def _promoted_dtype(dtype: Any, x64: bool) -> Any:
     return jax.eval_shape(jax.nn.softplus, jax.ShapeDtypeStruct((), dtype)).dtype
 
 
-def as_float_array(fn: str, x: Any) -> jax.Array:
+def as_float_array(fn: str, x: Any, name: str = "x") -> jax.Array:
     """Converts ``x`` to a JAX array with a real floating dtype.
 
     Integers and booleans promote exactly like ``jax.nn.softplus`` (to the default float dtype:
@@ -129,12 +129,12 @@ def as_float_array(fn: str, x: Any) -> jax.Array:
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
         raise TypeError(
-            f"{fn}: x has dtype {x.dtype}, but {fn} is defined for real inputs only "
+            f"{fn}: {name} has dtype {x.dtype}, but {fn} is defined for real inputs only "
             "(float16, bfloat16, float32, float64, or integers, which promote to float)."
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-            raise TypeError(f"{fn}: x must be a real numeric array; got dtype {x.dtype}.")
+            raise TypeError(f"{fn}: {name} must be a real numeric array; got dtype {x.dtype}.")
         x = x.astype(_promoted_dtype(x.dtype, bool(jax.config.jax_enable_x64)))
     return x
 
