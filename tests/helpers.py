@@ -179,3 +179,67 @@ def mlp_temp_bytes(act, dtype=jnp.float32, depth=8, width=256, batch=512):
 
     step = jax.jit(jax.grad(loss))
     return step.lower(ws, x).compile().memory_analysis().temp_size_in_bytes
+
+
+# --------------------------------------------------------------------------------------
+# Errors in ulps of a scale (the generic accuracy tests of tests/test_activations.py).
+# --------------------------------------------------------------------------------------
+
+
+def ulp_error_of_scale(
+    actual, reference, scale, name: str, flush_subnormals: bool = True
+) -> np.ndarray:
+    """|actual - reference| in units of the last place of ``name`` at ``scale``.
+
+    As :func:`ulp_error` (equal infinities and matching NaNs count as 0, a non-finite result
+    where the reference is finite as inf, a flushed subnormal reference as exact), but in ulps
+    of a float64 ``scale`` rather than of the reference: with ``scale = |reference|`` the two
+    agree. Where a result is a sum of terms that cancel (``sin x + x cos x``), the scale is the
+    terms' magnitude, since a relative error is meaningless near its zeros.
+    """
+    fi = ml_dtypes.finfo(np_dtype(name))
+    a = np.asarray(actual).astype(np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    s = np.abs(np.asarray(scale, dtype=np.float64))
+    if flush_subnormals:
+        r = np.where((np.abs(r) < float(fi.tiny)) & (a == 0), 0.0, r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exp = np.floor(np.log2(s))
+        exp = np.maximum(np.where(np.isfinite(exp), exp, fi.minexp), fi.minexp)
+        ulp = np.ldexp(1.0, (exp - fi.nmant).astype(np.int64))
+        err = np.abs(a - r) / ulp
+    same = (a == r) | (np.isnan(a) & np.isnan(r))
+    err = np.where(same, 0.0, err)
+    return np.where(np.isnan(err), np.inf, err)
+
+
+def edge_points(name: str) -> np.ndarray:
+    """0, ±tiny, ±1e4 (where finite in ``name``), ±finfo.max, ±inf and NaN, in ``name``."""
+    dt = np_dtype(name)
+    fi = ml_dtypes.finfo(dt)
+    tiny, big = float(fi.tiny), float(fi.max)
+    pts = np.array([0.0, tiny, -tiny, 1e4, -1e4, big, -big, np.inf, -np.inf, np.nan])
+    with np.errstate(over="ignore"):
+        vals = pts.astype(dt)
+    keep = np.isfinite(vals.astype(np.float64)) | ~np.isfinite(pts)
+    return vals[keep]
+
+
+def output_saving_vjp(forward, slope_from_output, upcast: bool):
+    """The smallest output-saving ``jax.custom_vjp`` one would write by hand (issue 11's
+    "minimal"): ``forward`` saving y, backward ``g * slope_from_output(y)``; ``upcast``
+    computes both in float32."""
+
+    def up(a):
+        return a.astype(jnp.float32) if upcast else a
+
+    @jax.custom_vjp
+    def f(z):
+        return forward(up(z)).astype(z.dtype)
+
+    def f_fwd(z):
+        y = f(z)
+        return y, y
+
+    f.defvjp(f_fwd, lambda y, g: ((up(g) * slope_from_output(up(y))).astype(g.dtype),))
+    return f

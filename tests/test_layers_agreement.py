@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import registry
 from flax import nnx
 
 import stable_layers as sl
@@ -190,18 +191,57 @@ def test_learnable_modules_start_at_the_same_parameter():
     assert float(lb_eqx) == float(lb_linen["log_beta"]) == float(lb_nnx) == np.log(3.0)
 
 
-@pytest.mark.parametrize("mode", ["vjp", "jvp"])
-@pytest.mark.parametrize("residual", ["derivative", "input_and_sin", "input"])
-def test_xsin_frameworks_and_functional_agree(residual, mode):
-    x, w = inputs(F32)
-    m_linen = sl_linen.XSin(residual=residual, mode=mode)
-    impls = {
-        "functional": lambda x, lb: sl.xsin(x, residual=residual, mode=mode),
-        "equinox": lambda x, lb: sl_eqx.XSin(residual=residual, mode=mode)(x),
+# ----------------------------------------------------------------------------------------
+# Every registry entry with a layer, every policy and mode (softplus at its default β = 1).
+# ----------------------------------------------------------------------------------------
+
+
+def layer_impls(entry, residual, mode):
+    """fn and its three layers, as (x, lb) -> y with lb unused (no learnable parameter)."""
+    kw = dict(residual=residual, mode=mode)
+    m_eqx = getattr(sl_eqx, entry.layer)(**kw)
+    m_linen = getattr(sl_linen, entry.layer)(**kw)
+    m_nnx = getattr(sl_nnx, entry.layer)(**kw)
+    return {
+        "functional": lambda x, lb: entry.fn(x, **kw),
+        "equinox": lambda x, lb: m_eqx(x),
         "linen": lambda x, lb: m_linen.apply({}, x),
-        "nnx": lambda x, lb: sl_nnx.XSin(residual=residual, mode=mode)(x),
+        "nnx": lambda x, lb: m_nnx(x),
     }
-    assert_all_identical({k: outputs_and_grads(f, x, None, w) for k, f in impls.items()})
+
+
+LAYER_CASES = [c for c in registry.cases() if c.values[0].layer is not None]
+LAYER_ENTRIES = [pytest.param(e, id=e.name) for e in registry.ENTRIES if e.layer is not None]
+
+
+def all_outputs_and_grads(impls, x, w):
+    """outputs_and_grads of every implementation, in one jitted call (one compile, not four)."""
+
+    @jax.jit
+    def run(x):
+        out = {}
+        for k, f in impls.items():
+            y, vjp = jax.vjp(lambda x: f(x, None), x)
+            out[k] = (y, *vjp(w), None)
+        return out
+
+    return run(x)
+
+
+@pytest.mark.parametrize("entry,residual,mode", LAYER_CASES)
+def test_layers_and_functional_agree(entry, residual, mode):
+    x, w = inputs(F32)
+    assert_all_identical(all_outputs_and_grads(layer_impls(entry, residual, mode), x, w))
+
+
+@pytest.mark.parametrize("entry", LAYER_ENTRIES)
+def test_layers_agree_in_bfloat16(entry):
+    x, w = inputs(BF16)
+    impls = layer_impls(entry, next(iter(entry.residuals)), "vjp")
+    results = all_outputs_and_grads(impls, x, w)
+    for name, (y, gx, _) in results.items():
+        assert y.dtype == BF16 and gx.dtype == BF16, name
+    assert_all_identical(results)
 
 
 def test_jvp_mode_hessians_agree_across_frameworks():

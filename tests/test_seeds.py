@@ -3,9 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import sigmoid_ref, softplus_ref, xsin_grad_ref
 
 import stable_layers as sl
-from helpers import sigmoid_ref, softplus_ref, xsin_grad_ref
 
 
 def test_stable_log1pexp_worked_example():

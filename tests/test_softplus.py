@@ -10,9 +10,6 @@ import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
-from jax.test_util import check_grads
-
-import stable_layers as sl
 from helpers import (
     FLOAT_DTYPES,
     np_dtype,
@@ -21,6 +18,9 @@ from helpers import (
     sweep,
     ulp_error,
 )
+from jax.test_util import check_grads
+
+import stable_layers as sl
 
 RESIDUALS = ("output", "input")
 MODES = ("vjp", "jvp")

@@ -1,4 +1,8 @@
-"""The kernels under jit, vmap, grad, grad-of-grad, checkpoint, scan and sharding."""
+"""The kernels under jit, vmap, grad, grad-of-grad, checkpoint, scan and sharding.
+
+Every entry of ``tests/registry.py``, every policy and mode, in float64 against the entry's
+references; softplus with a non-unit and a traced β as extra cases.
+"""
 
 import functools
 import os
@@ -10,22 +14,60 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import registry
+from helpers import sigmoid_ref, softplus_ref
 
 import stable_layers as sl
-from helpers import sigmoid_ref, softplus_ref, xsin_grad_ref, xsin_ref
 
-KERNELS = [
-    ("softplus-vjp", functools.partial(sl.softplus, mode="vjp"), softplus_ref, sigmoid_ref),
-    ("softplus-jvp", functools.partial(sl.softplus, mode="jvp"), softplus_ref, sigmoid_ref),
-    ("softplus-input", functools.partial(sl.softplus, residual="input"), softplus_ref, sigmoid_ref),
-    ("xsin-vjp", sl.xsin, xsin_ref, xsin_grad_ref),
-    ("xsin-jvp", functools.partial(sl.xsin, mode="jvp"), xsin_ref, xsin_grad_ref),
+
+def _kernels():
+    """(id, f, reference, derivative, second derivative) for every entry x policy x mode."""
+    out = []
+    for case in registry.cases():
+        entry, residual, mode = case.values
+        f = functools.partial(entry.fn, residual=residual, mode=mode)
+        out.append(pytest.param(f, entry.reference, entry.derivative, _second(entry), id=case.id))
+    # softplus with a non-unit (static) β.
+    for mode in ("vjp", "jvp"):
+        out.append(
+            pytest.param(
+                functools.partial(sl.softplus, beta=2.5, mode=mode),
+                lambda x: softplus_ref(x, 2.5),
+                lambda x: sigmoid_ref(2.5 * np.asarray(x)),
+                lambda x: (
+                    2.5 * sigmoid_ref(2.5 * np.asarray(x)) * sigmoid_ref(-2.5 * np.asarray(x))
+                ),
+                id=f"softplus-beta2.5-{mode}",
+            )
+        )
+    return out
+
+
+def _second(entry):
+    if entry.second_derivative is not None:
+        return entry.second_derivative
+
+    def central_difference(x, h=1e-6):
+        x = np.asarray(x, np.float64)
+        return (entry.derivative(x + h) - entry.derivative(x - h)) / (2 * h)
+
+    return central_difference
+
+
+KERNELS = _kernels()
+# checkpoint and scan: every entry and mode with its default policy, and softplus "input".
+DEFAULTS = [
+    k
+    for k in KERNELS
+    if k.id
+    in {f"{e.name}-{next(iter(e.residuals))}-{m}" for e in registry.ENTRIES for m in ("vjp", "jvp")}
+    or k.id == "softplus-input-vjp"
 ]
 X = jnp.linspace(-20.0, 20.0, 24, dtype=jnp.float64).reshape(4, 6)
 
 
-@pytest.mark.parametrize("name,f,ref,dref", KERNELS, ids=[k[0] for k in KERNELS])
-def test_jit_vmap_grad(name, f, ref, dref):
+@pytest.mark.parametrize("f,ref,dref,d2ref", KERNELS)
+def test_jit_vmap_grad(f, ref, dref, d2ref):
     x64 = np.asarray(X)
     np.testing.assert_allclose(jax.jit(f)(X), ref(x64), rtol=1e-13)
     np.testing.assert_allclose(jax.vmap(f)(X), ref(x64), rtol=1e-13)
@@ -33,13 +75,21 @@ def test_jit_vmap_grad(name, f, ref, dref):
     np.testing.assert_allclose(g, dref(x64), rtol=1e-12, atol=1e-300)
 
 
-@pytest.mark.parametrize("name,f,ref,dref", KERNELS, ids=[k[0] for k in KERNELS])
-def test_checkpoint_and_scan(name, f, ref, dref):
+@pytest.mark.parametrize("f,ref,dref,d2ref", KERNELS)
+def test_grad_of_grad_under_jit_and_vmap(f, ref, dref, d2ref):
+    x = jnp.array([-30.0, -2.0, 0.0, 0.3, 4.0, 30.0], jnp.float64)
+    g2 = jax.jit(jax.vmap(jax.grad(jax.grad(f))))(x)
+    np.testing.assert_allclose(g2, d2ref(np.asarray(x)), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("f,ref,dref,d2ref", DEFAULTS)
+def test_checkpoint_and_scan(f, ref, dref, d2ref):
     def loss(x):
         return jnp.sum(f(x) * jnp.cos(x))
 
-    expected = jax.grad(loss)(X)
-    np.testing.assert_allclose(jax.grad(jax.checkpoint(loss))(X), expected, rtol=1e-14)
+    # Jitted: eager grad dispatches op by op, several times slower to run for the same check.
+    expected = jax.jit(jax.grad(loss))(X)
+    np.testing.assert_allclose(jax.jit(jax.grad(jax.checkpoint(loss)))(X), expected, rtol=1e-14)
 
     def body(c, xrow):
         return c + jnp.sum(f(xrow) * jnp.cos(xrow)), f(xrow)
@@ -48,11 +98,13 @@ def test_checkpoint_and_scan(name, f, ref, dref):
         total, ys = jax.lax.scan(body, jnp.zeros((), x.dtype), x)
         return total
 
-    np.testing.assert_allclose(jax.grad(scanned)(X), expected, rtol=1e-13)
-    np.testing.assert_allclose(jax.lax.scan(body, 0.0, X)[1], ref(np.asarray(X)), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(jax.grad(scanned))(X), expected, rtol=1e-13)
+    ys = jax.jit(lambda x: jax.lax.scan(body, 0.0, x)[1])(X)
+    np.testing.assert_allclose(ys, ref(np.asarray(X)), rtol=1e-13)
 
 
-def test_grad_of_grad_under_jit_and_vmap():
+def test_softplus_grad_of_grad_at_large_x():
+    """The second derivative keeps the e^-x where lax.logistic's rule rounds it to 0."""
     f = jax.jit(jax.vmap(jax.grad(jax.grad(sl.softplus))))
     x = jnp.array([-30.0, 0.0, 30.0], jnp.float64)
     np.testing.assert_allclose(f(x), sigmoid_ref(x) * sigmoid_ref(-np.asarray(x)), rtol=1e-13)
@@ -60,8 +112,11 @@ def test_grad_of_grad_under_jit_and_vmap():
 
 SHARDING_SCRIPT = textwrap.dedent(
     """
+    import sys
+    sys.path.insert(0, {tests!r})
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import registry
     import stable_layers as sl
 
     assert jax.device_count() == 8, jax.devices()
@@ -71,20 +126,21 @@ SHARDING_SCRIPT = textwrap.dedent(
     xs = jax.device_put(x, sharding)
     beta = jax.device_put(jnp.full((4,), 1.5, jnp.float32), NamedSharding(mesh, P("model")))
 
-    for f in [sl.softplus, lambda x: sl.softplus(x, mode="jvp"), sl.xsin,
-              lambda x: sl.softplus(x, beta=beta)]:
-        y = jax.jit(f)(xs)
-        g = jax.jit(jax.grad(lambda x: jnp.sum(f(x))))(xs)
+    kernels = [(e.fn, mode) for e in registry.ENTRIES for mode in ("vjp", "jvp")]
+    fs = [lambda x, fn=fn, mode=mode: fn(x, mode=mode) for fn, mode in kernels]
+    for f in fs + [lambda x: sl.softplus(x, beta=beta)]:
+        value_and_grad = jax.jit(lambda x: (f(x), jax.grad(lambda x: jnp.sum(f(x)))(x)))
+        y, g = value_and_grad(xs)
         assert y.sharding.is_equivalent_to(sharding, 2), y.sharding
         assert g.sharding.is_equivalent_to(sharding, 2), g.sharding
         # (XLA may vectorise sin differently per shard: equal to float32 rounding.)
-        np.testing.assert_allclose(np.asarray(y), np.asarray(f(x)), rtol=1e-6)
-        g_ref = jax.grad(lambda x: jnp.sum(f(x)))(x)
+        y_ref, g_ref = value_and_grad(x)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-6)
         np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6, atol=1e-6)
     gb = jax.jit(jax.grad(lambda b: jnp.sum(sl.softplus(xs, beta=b))))(beta)
     ref = jax.grad(lambda b: jnp.sum(sl.softplus(x, beta=b)))(jnp.full((4,), 1.5, jnp.float32))
     np.testing.assert_allclose(np.asarray(gb), np.asarray(ref), rtol=1e-5)
-    print("sharded ok")
+    print("sharded ok", len(fs) + 1)
     """
 )
 
@@ -93,12 +149,13 @@ def test_namedsharding_over_8_host_devices():
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
     )
+    script = SHARDING_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT],
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "sharded ok" in out.stdout
+    assert f"sharded ok {2 * len(registry.ENTRIES) + 1}" in out.stdout

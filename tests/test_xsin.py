@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FLOAT_DTYPES, np_dtype, sweep, xsin_grad_ref, xsin_ref
 from jax.test_util import check_grads
 
 import stable_layers as sl
-from helpers import FLOAT_DTYPES, np_dtype, sweep, xsin_grad_ref, xsin_ref
 
 RESIDUALS = ("derivative", "input_and_sin", "input")
 MODES = ("vjp", "jvp")
