@@ -1,122 +1,106 @@
-"""The activations the benchmark compares: ours, the JAX/Flax peers, and (optionally) torch.
+"""What is compared, read from the registry (tests/registry.py): one list of variants per entry.
 
-Each variant has a stable key (used in results.json), a label (used in the tables) and a
-family: ``softplus`` rows are compared with ``jax.nn.softplus``, ``xsin`` rows with plain
-autodiff of ``x * jnp.sin(x)``.
+Per entry: ours for each residual policy (default first) and ``mode="jvp"``, the naive formula
+under autodiff, the ``jax.nn`` peer, ``flax.linen``'s function of the same name, torch's
+equivalent (when torch imports) and an A/A control: flax's function where it *is* the
+reference, else a second copy of the reference. The reference is the peer, or the naive
+formula under autodiff for an entry without one.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-
-import stable_layers as sl
+from helpers import output_saving_vjp
 
 NO_TORCH_ENV = "STABLE_LAYERS_BENCH_NO_TORCH"
 
+# The one place that names torch's equivalents; an entry missing here has no torch row.
+TORCH = {
+    "softplus": ("torch.nn.functional.softplus", lambda t: t.nn.functional.softplus),
+    "log_sigmoid": ("torch.nn.functional.logsigmoid", lambda t: t.nn.functional.logsigmoid),
+    "xsin": ("torch autograd x*torch.sin(x)", lambda t: lambda x: x * t.sin(x)),
+}
 
-@dataclass(frozen=True)
-class Variant:
+
+class Variant(NamedTuple):
     key: str
     label: str
-    family: str  # "softplus", "xsin" or "identity"
-    fn: Callable[[jax.Array], jax.Array]
-    ours: bool = False
+    fn: Callable
+    kind: str  # ours, naive, peer, flax, aa, torch, minimal, identity
 
 
-def _naive_softplus(x):
-    return jnp.log1p(jnp.exp(x))
+IDENTITY = Variant("identity", "identity (no activation)", lambda x: x, "identity")
 
 
-def _autodiff_xsin(x):
-    return x * jnp.sin(x)
+def minimal(entry, upcast: bool) -> Variant:
+    """The entry's hand-written output-saving ``jax.custom_vjp`` (registry ``minimal``)."""
+    f = output_saving_vjp(*entry.minimal, upcast=upcast)
+    key, note = ("minimal_upcast", ", float32 upcast") if upcast else ("minimal", "")
+    return Variant(key, f"minimal output-saving custom_vjp{note}", f, "minimal")
 
 
-def _identity(x):
-    return x
+def _naive_label(fn) -> str:
+    """ "autodiff <the formula>", read from the registry's lambda where it is one."""
+    try:
+        m = re.search(r"lambda\s+\w+:\s*(.+?),?\s*$", inspect.getsource(fn).strip())
+    except (OSError, TypeError):
+        m = None
+    return f"autodiff {m.group(1) if m else getattr(fn, '__name__', 'naive formula')}"
 
 
-def _flax_softplus():
+def _peer_label(fn) -> str:
+    name = getattr(fn, "__name__", repr(fn))
+    return f"jax.nn.{name}" if getattr(jax.nn, name, None) is fn else name
+
+
+def for_entry(entry, torch=None) -> tuple[list[Variant], str, str]:
+    """(variants, reference key, A/A key) of a registry entry."""
+    out, (default, *_) = [], list(entry.residuals)
+
+    def add(key, label, fn, kind):
+        out.append(Variant(key, label, fn, kind))
+        return out[-1]
+
+    for p in entry.residuals:
+        tag = " (default)" if p == default else ""
+        add(f"ours_{p}", f"ours residual={p}{tag}", functools.partial(entry.fn, residual=p), "ours")
+    add(
+        "ours_jvp",
+        f"ours residual={default} mode=jvp",
+        functools.partial(entry.fn, mode="jvp"),
+        "ours",
+    )
+    ref = out[0]  # with neither a naive formula nor a peer, ours is its own reference
+    if entry.naive is not None:
+        ref = add("naive", _naive_label(entry.naive), entry.naive, "naive")
+    if entry.peer is not None:
+        ref = add("peer", _peer_label(entry.peer), entry.peer, "peer")
     try:
         import flax.linen as nn
-    except ImportError:  # flax is an optional extra; its softplus is jax.nn.softplus anyway
-        return None
-    return nn.softplus
 
-
-def jax_variants() -> list[Variant]:
-    """Every JAX activation measured, reference first within each family."""
-    out = [
-        Variant("jax_nn_softplus", "jax.nn.softplus", "softplus", jax.nn.softplus),
-        Variant("naive_log1p_exp", "naive autodiff log1p(exp(x))", "softplus", _naive_softplus),
-    ]
-    flax_sp = _flax_softplus()
-    if flax_sp is not None:
-        out.append(Variant("flax_linen_softplus", "flax.linen.softplus", "softplus", flax_sp))
-    out += [
-        Variant(
-            "ours_softplus_output",
-            "ours softplus residual=output (default)",
-            "softplus",
-            sl.softplus,
-            ours=True,
-        ),
-        Variant(
-            "ours_softplus_input_seed000",
-            "ours stable_log1pexp (residual=input, seed 000)",
-            "softplus",
-            sl.stable_log1pexp,
-            ours=True,
-        ),
-        Variant(
-            "ours_softplus_output_jvp",
-            "ours softplus residual=output mode=jvp",
-            "softplus",
-            functools.partial(sl.softplus, mode="jvp"),
-            ours=True,
-        ),
-        Variant("autodiff_xsin", "autodiff x*jnp.sin(x)", "xsin", _autodiff_xsin),
-        Variant(
-            "ours_xsin_derivative",
-            "ours xsin residual=derivative (default)",
-            "xsin",
-            sl.xsin,
-            ours=True,
-        ),
-        Variant(
-            "ours_xsin_input_and_sin_seed002",
-            "ours xsin residual=input_and_sin (seed 002)",
-            "xsin",
-            functools.partial(sl.xsin, residual="input_and_sin"),
-            ours=True,
-        ),
-        Variant(
-            "ours_xsin_input",
-            "ours xsin residual=input",
-            "xsin",
-            functools.partial(sl.xsin, residual="input"),
-            ours=True,
-        ),
-    ]
-    return out
-
-
-IDENTITY = Variant("identity", "identity (no activation)", "identity", _identity)
-
-REFERENCE = {"softplus": "jax_nn_softplus", "xsin": "autodiff_xsin"}
-TORCH_REFERENCE = {"softplus": "torch_softplus", "xsin": "torch_xsin"}
+        flax_fn = getattr(nn, entry.name, None)
+    except ImportError:  # flax is optional
+        flax_fn = None
+    if flax_fn is not None and flax_fn is ref.fn:
+        aa = add("flax", f"flax.linen.{entry.name} (A/A: is {ref.label})", flax_fn, "aa")
+    else:
+        if flax_fn is not None:
+            add("flax", f"flax.linen.{entry.name}", flax_fn, "flax")
+        aa = add("aa", f"A/A: {ref.label}, a second copy", ref.fn, "aa")
+    if torch is not None and entry.name in TORCH:
+        add("torch", TORCH[entry.name][0], TORCH[entry.name][1](torch), "torch")
+    return out, ref.key, aa.key
 
 
 def load_torch():
-    """(torch module or None, reason). Torch is optional: CI does not install it.
-
-    Setting STABLE_LAYERS_BENCH_NO_TORCH=1 hides an installed torch (to exercise the skip path).
-    """
+    """(torch or None, why). Torch is optional; STABLE_LAYERS_BENCH_NO_TORCH=1 hides it."""
     if os.environ.get(NO_TORCH_ENV):
         return None, f"torch rows skipped: hidden by {NO_TORCH_ENV}=1"
     try:
@@ -125,13 +109,3 @@ def load_torch():
         return None, f"torch rows skipped: torch is not installed ({err})"
     torch.set_num_threads(2)
     return torch, f"torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
-
-
-def torch_variants(torch) -> list[tuple[str, str, str, Callable]]:
-    """(key, label, family, fn) for the torch peers; fn maps a torch tensor to a tensor."""
-    import torch.nn.functional as F
-
-    return [
-        ("torch_softplus", "torch.nn.functional.softplus", "softplus", F.softplus),
-        ("torch_xsin", "torch autograd x*torch.sin(x)", "xsin", lambda x: x * torch.sin(x)),
-    ]
