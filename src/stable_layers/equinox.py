@@ -66,7 +66,7 @@ class Softplus(eqx.Module):
             ``param_dtype`` or ``beta <= 0``, NaN or inf.
         TypeError: at construction, for a non-number ``beta`` or a non-bool ``learnable``.
 
-    Example:
+    Examples:
         >>> import equinox as eqx, jax, jax.numpy as jnp
         >>> from stable_layers.equinox import Softplus
         >>> x = jnp.array([-100.0, 0.0, 100.0], jnp.float32)
@@ -173,7 +173,7 @@ class XSin(_Elementwise):
     Raises:
         ValueError: at construction, for a bad ``residual`` or ``mode``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from stable_layers.equinox import XSin
         >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)

@@ -59,7 +59,7 @@ class Softplus(nn.Module):
             ``residual``/``mode``/``threshold``/``param_dtype`` or ``beta <= 0``, NaN or inf.
         TypeError: likewise, for a non-number ``beta`` or a non-bool ``learnable``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from stable_layers.linen import Softplus
         >>> x = jnp.array([-100.0, 0.0, 100.0], jnp.float32)
@@ -147,7 +147,7 @@ class XSin(_Elementwise):
     Raises:
         ValueError: when the layer is constructed, for a bad ``residual`` or ``mode``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from stable_layers.linen import XSin
         >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)

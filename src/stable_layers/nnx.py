@@ -62,7 +62,7 @@ class Softplus(nnx.Module):
             ``param_dtype``/``dtype`` or ``beta <= 0``, NaN or inf.
         TypeError: in ``__init__``, for a non-number ``beta`` or a non-bool ``learnable``.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from flax import nnx
         >>> from stable_layers.nnx import Softplus
@@ -150,7 +150,7 @@ class XSin(_Elementwise):
     Raises:
         ValueError: in ``__init__``, for a bad ``residual`` or ``mode``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from stable_layers.nnx import XSin
         >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)
