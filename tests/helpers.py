@@ -161,24 +161,28 @@ def residual_arrays(f, *args):
     return [aval for aval, _ in saved_residuals(f, *args) if aval.shape == shape]
 
 
-def mlp_temp_bytes(act, dtype=jnp.float32, depth=8, width=256, batch=512):
+def mlp_temp_bytes(act, dtype=jnp.float32, depth=8, width=256, batch=512, bias=False):
     """Compiled temp memory of an MLP gradient step with ``act`` after every layer.
 
     float32 parameters are cast to the compute ``dtype`` and the loss is taken in float32, as
-    in mixed-precision training.
+    in mixed-precision training. ``bias=True`` adds a bias per layer (``h @ w + b``), issue
+    11's harness; XLA's buffer assignment differs between the two, so both are measured.
     """
     keys = jax.random.split(jax.random.PRNGKey(0), depth)
     ws = [jax.random.normal(k, (width, width), jnp.float32) / 16 for k in keys]
+    bs = [jnp.zeros((width,), jnp.float32) for _ in keys] if bias else []
     x = jnp.ones((batch, width), jnp.float32)
 
-    def loss(ws, x):
+    def loss(params, x):
+        ws, bs = params
         h = x.astype(dtype)
-        for w in ws:
-            h = act(h @ w.astype(dtype))
+        for i, w in enumerate(ws):
+            z = h @ w.astype(dtype)
+            h = act(z + bs[i].astype(dtype) if bias else z)
         return jnp.mean(h.astype(jnp.float32) ** 2)
 
     step = jax.jit(jax.grad(loss))
-    return step.lower(ws, x).compile().memory_analysis().temp_size_in_bytes
+    return step.lower((ws, bs), x).compile().memory_analysis().temp_size_in_bytes
 
 
 # --------------------------------------------------------------------------------------

@@ -173,6 +173,13 @@ def test_metrics_schema(runs, script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_stable_float16_step_needs_less_temp_memory_than_jax(runs, script):
+    """Issue 11: the main job prints this; it once read 917,572 bytes against 393,284."""
+    by = {r["activation"]: r["step_temp_bytes"] for r in runs[script].result().metrics["runs"]}
+    assert by["stable"] < by["jax"], by
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_naive_softplus_goes_nonfinite_in_float16(runs, script):
     run = runs[script].result()
     naive = run.metrics["runs"][0]
