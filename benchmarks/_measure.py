@@ -148,7 +148,9 @@ def step_time(vs, ref, cfg) -> dict:
 
 
 def temp_bytes(act, dtype, depth, width, batch) -> int:
-    return int(mlp_temp_bytes(act, jnp.dtype(dtype), depth=depth, width=width, batch=batch))
+    return int(
+        mlp_temp_bytes(act, jnp.dtype(dtype), depth=depth, width=width, batch=batch, bias=True)
+    )
 
 
 _OPCODE = re.compile(r"=\s*[a-z0-9]+\[[^\]]*\](?:\{[^}]*\})?\s+([a-z][a-z0-9-]*)\(")

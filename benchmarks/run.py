@@ -58,7 +58,8 @@ from 1.00 is the noise floor. Bound: a jitted (x*c, g*c), the least traffic of a
 "of bound" = t_bound / t. MLP: depth x (x @ W, activation), float32 parameters cast to the
 compute dtype, loss mean(h^2) in float32; time: grad + SGD update, params donated, interleaved;
 memory: jit(grad(loss)).lower(...).compile().memory_analysis().temp_size_in_bytes
-(helpers.mlp_temp_bytes). "minimal": a hand-written custom_vjp saving y (the registry's minimal),
+(helpers.mlp_temp_bytes, with a bias per layer, x @ W + b, as issue 11 measured it).
+"minimal": a hand-written custom_vjp saving y (the registry's minimal),
 with and without a float32 upcast; its goal takes the smaller. Accuracy: helpers.sweep (all
 finite 16-bit values; float32: uniform on the entry's sweep_limit plus log-spaced magnitudes to
 finfo.max) less subnormal inputs (XLA on CPU reads them as 0), in ulps of the registry's
