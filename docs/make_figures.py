@@ -5,9 +5,9 @@
 * copies the figures the site shows from where they are made: the training example's loss
   plot (examples/figures/) and the benchmark plots (benchmarks/*.png, written by
   ``python benchmarks/run.py``); tests/test_docs.py checks that the copies are current;
-* draws docs/assets/accuracy_ulp.png from benchmarks/results.json: the max error in ulps of
-  each softplus and x·sin(x) variant, forward and gradient, per dtype (bars), and the 99.9th
-  percentile (dots).
+* draws docs/assets/accuracy_ulp.png from benchmarks/results.json (schema 2): the max error in
+  ulps of each softplus, log_sigmoid and x·sin(x) variant but the naive ones (non-finite),
+  forward and gradient, per dtype (bars), and the 99.9th percentile (dots).
 
 Run it after rerunning the benchmarks or the examples. Needs matplotlib (the `examples`
 extra); no JAX.
@@ -29,20 +29,28 @@ COPIES = {
     "scaling.png": "benchmarks/scaling.png",
 }
 
-# The variants of the accuracy figure, in the order of the bars, with their colours.
+# The variants of the accuracy figure, per registry entry, in the order of the bars, with
+# their colours: keys of results.json's entries[entry]["variants"] and accuracy[dtype][entry].
+# "ours_jvp" is left out: its figures are those of the default policy.
 ACCURACY_VARIANTS = {
     "softplus": [
-        ("jax_nn_softplus", "tab:orange"),
-        ("ours_softplus_output", "tab:green"),
-        ("ours_softplus_input_seed000", "tab:olive"),
-        ("torch_softplus", "tab:gray"),
+        ("peer", "tab:orange"),
+        ("ours_output", "tab:green"),
+        ("ours_input", "tab:olive"),
+        ("torch", "tab:gray"),
+    ],
+    "log_sigmoid": [
+        ("peer", "tab:orange"),
+        ("ours_output", "tab:green"),
+        ("ours_input", "tab:olive"),
+        ("torch", "tab:gray"),
     ],
     "xsin": [
-        ("autodiff_xsin", "tab:orange"),
-        ("ours_xsin_derivative", "tab:green"),
-        ("ours_xsin_input_and_sin_seed002", "tab:purple"),
-        ("ours_xsin_input", "tab:olive"),
-        ("torch_xsin", "tab:gray"),
+        ("naive", "tab:orange"),
+        ("ours_derivative", "tab:green"),
+        ("ours_input_and_sin", "tab:purple"),
+        ("ours_input", "tab:olive"),
+        ("torch", "tab:gray"),
     ],
 }
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,19 +68,30 @@ def accuracy_figure(results: dict, out: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    accuracy, labels = results["accuracy"], results["variants"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4), sharey=True)
+    schema = results.get("schema")
+    if schema != "stable_layers.benchmarks/2":
+        raise SystemExit(f"benchmarks/results.json has schema {schema!r}; this script reads 2")
+    accuracy, entries = results["accuracy"], results["entries"]
     groups = [(dtype, which) for dtype in DTYPES for which in ("forward", "gradient")]
+    top = max(
+        accuracy[dtype][family][key][which]["max_ulp"]
+        for family, variants in ACCURACY_VARIANTS.items()
+        for key, _ in variants
+        for dtype, which in groups
+    )
+    fig, axes = plt.subplots(1, len(ACCURACY_VARIANTS), figsize=(17, 5.4), sharey=True)
     for ax, (family, variants) in zip(axes, ACCURACY_VARIANTS.items()):
         width = 0.8 / len(variants)
         for i, (key, colour) in enumerate(variants):
             xs = [g + (i - (len(variants) - 1) / 2) * width for g in range(len(groups))]
-            max_ulp = [accuracy[dtype][key][which]["max_ulp"] for dtype, which in groups]
-            p999 = [accuracy[dtype][key][which]["p99_9_ulp"] for dtype, which in groups]
-            ax.bar(xs, max_ulp, width, color=colour, label=labels[key]["label"])
+            cells = [accuracy[dtype][family][key][which] for dtype, which in groups]
+            max_ulp = [c["max_ulp"] for c in cells]
+            p999 = [c["p99_9_ulp"] for c in cells]
+            label = entries[family]["variants"][key]["label"]
+            ax.bar(xs, max_ulp, width, color=colour, label=label)
             ax.plot(xs, p999, "o", color="black", markersize=3)
         ax.set_yscale("log")
-        ax.set_ylim(0.3, 5e4)
+        ax.set_ylim(0.3, 2 * top)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{dtype}\n{which}" for dtype, which in groups], fontsize=8)
         ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
@@ -82,7 +101,8 @@ def accuracy_figure(results: dict, out: pathlib.Path) -> None:
     axes[0].set_ylabel("error in ulps vs a float64 reference")
     meta = results["meta"]
     fig.suptitle(
-        f"{meta['command']} ({meta['date_utc']}, {meta['machine']['backend']}); "
+        f"{meta['command']} ({meta['date_utc']}, commit {meta['git_commit'][:7]}, "
+        f"{meta['machine']['backend']}); "
         "dotted line: 0.5 ulp, correct rounding",
         fontsize=9,
     )
