@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import registry
 
+pytestmark = pytest.mark.slow  # one benchmark run in a subprocess feeds every test here
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 try:

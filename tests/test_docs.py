@@ -120,6 +120,7 @@ def page_results(tmp_path_factory):
     return json.loads((tmp / "results.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=rel)
 def test_page_code_runs(page, page_results):
     assert page_results[rel(page)] is None, f"{rel(page)}:\n{page_results[rel(page)]}"

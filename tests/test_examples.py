@@ -314,6 +314,7 @@ def multi_process(tmp_path_factory):
             script.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_multi_process_matches_single_process(multi_process, script):
     processes = multi_process[script]
@@ -343,6 +344,7 @@ def test_multi_process_matches_single_process(multi_process, script):
     assert f"{MP_STEPS}/{MP_STEPS}" not in second.stderr
 
 
+@pytest.mark.slow
 def test_distributed_outside_a_cluster_is_an_argparse_error(multi_process):
     run = multi_process["no-cluster"].result(timeout=MP_TIMEOUT)
     assert run.proc.returncode == 2, run.stderr[-3000:]

@@ -7,7 +7,8 @@ virtual environment that cannot see this checkout or the dev venv, and probed th
 and one version runs through ``__init__.py``, the file names and the installed metadata.
 ``twine check --strict`` checks both archives the way an upload would.
 
-About a minute on 2 cores (the install dominates), hence ``slow``; it still runs by default.
+About a minute on 2 cores (the install dominates), hence ``slow``: deselected by the default
+command, run by ``pytest -m slow`` and by CI.
 Missing build tools fail the test, they do not skip it: install the ``dev`` extra.
 """
 

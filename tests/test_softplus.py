@@ -169,6 +169,7 @@ def test_naive_formula_is_nonfinite_exactly_where_ours_is_finite():
         assert np.all(np.isfinite(np.asarray(ours_g, np.float64)))
 
 
+@pytest.mark.slow
 def test_jax_edge_cases_from_nn_test():
     """The cases of jax's tests/nn_test.py testSoftplusGrad*, with our kernel."""
     for mode in MODES:
@@ -197,6 +198,7 @@ def test_check_grads_vjp_mode_order2_reverse(residual):
     check_grads(fb, (x, jnp.float64(1.7)), order=2, modes=["rev"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("residual", RESIDUALS)
 def test_check_grads_jvp_mode_order4(residual):
     f = functools.partial(sl.softplus, residual=residual, mode="jvp")

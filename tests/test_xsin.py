@@ -45,6 +45,7 @@ def test_values_and_gradients_vs_float64(name, residual, mode):
         np.testing.assert_allclose(g, auto(xj), atol=4 * float(unit_g.max()))
 
 
+@pytest.mark.slow
 def test_float64_and_large_inputs_are_finite():
     for name in FLOAT_DTYPES:
         dt = np_dtype(name)
@@ -73,6 +74,7 @@ def test_nonfinite_inputs(residual, mode):
     assert bool(jnp.all(jnp.isnan(grad_of(f)(x))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("residual", RESIDUALS)
 def test_check_grads(residual):
     x = jnp.linspace(-5.0, 5.0, 7, dtype=jnp.float64)
@@ -103,6 +105,7 @@ def test_second_derivative_and_hessian():
         jax.jvp(sl.xsin, (x,), (x,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FLOAT_DTYPES)
 def test_policies_and_modes_agree(name):
     x = jnp.asarray(sweep(name, n=1 << 12, limit=20.0)[::16])
