@@ -58,6 +58,9 @@ class Policy:
 def _store_half(y: Array, x: Array) -> Array:
     """``y``, already rounded to x's dtype, written once as float16 rather than recomputed.
 
+    Applied only where a backward pass will follow (the rules' forward passes), so a plain
+    forward call pays nothing for it.
+
     XLA:CPU's fusion cost model counts an f32->f16 convert as cheap and copies it, with the
     elementwise chain before it, into every consumer, so a float16 output is never stored and
     the backward pass re-derives it from float32 intermediates (the matmul output and the
@@ -162,8 +165,7 @@ class Activation:
 
     def _value(self, x, dyn, cfg):
         cd = compute_dtype(x.dtype)
-        y = self.forward(x.astype(cd), *self._params(dyn, cfg[0], cd)).astype(x.dtype)
-        return _store_half(y, x)
+        return self.forward(x.astype(cd), *self._params(dyn, cfg[0], cd)).astype(x.dtype)
 
     def _keep(self, x, y, dyn, cfg, params_differentiated):
         """The arrays the backward pass keeps, plus ``x`` for a differentiated parameter."""
@@ -206,7 +208,7 @@ def _vjp_rule(act: Activation):
             return y, (kept, dyn, None)
         # y through the custom_jvp rule: grad-of-grad differentiates this forward and then
         # gets the declared derivatives instead of autodiff of the forward formula.
-        y = act._jvp(x, dyn, cfg)
+        y = _store_half(act._jvp(x, dyn, cfg), x)
         # The flag travels as the residual's structure: () when the parameters are being
         # differentiated, None when not (a residual must be a pytree of arrays).
         flag = () if differentiated else None
@@ -238,7 +240,7 @@ def _jvp_rule(act: Activation):
     def jvp(cfg, primals, tangents):
         (x, dyn), (dx, ddyn) = primals, tangents
         # The rule calls itself for the primal, so derivatives of any order use it.
-        y = rule(x, dyn, cfg)
+        y = _store_half(rule(x, dyn, cfg), x)
         wanted = tuple(not isinstance(t, SymbolicZero) for t in ddyn)
         kept = act._keep(x, y, dyn, cfg, any(wanted))
 

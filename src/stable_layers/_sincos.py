@@ -1,7 +1,7 @@
 """``sincos(x)``: sine and cosine from one range reduction, in plain ``jax.numpy``/``lax``.
 
-XLA's CPU ``sin`` and ``cos`` are scalar library calls (about 5 ns per float32 element each,
-against 0.5 ns for a vectorised ``exp``), and ``x · sin(x)`` with its derivative
+XLA's CPU ``sin`` and ``cos`` are scalar library calls, not vectorised loops like its
+``exp``, and ``x · sin(x)`` with its derivative
 ``sin x + x cos x`` needs both. This module computes the pair with vectorisable arithmetic
 only (no custom calls, no backend branches), so the same code runs on CPU, GPU and TPU.
 
@@ -27,28 +27,27 @@ Method (float32):
 
 Bound and fallback: the fast path is used for ``|x| <= BOUND = 12867``, where
 ``|k| <= 8191 < 2**13`` keeps the reduction exact as above. One ``lax.cond`` on
-``max(|x|) <= BOUND`` (a single reduction pass, about 0.4 ns per element on CPU) picks the
+``max(|x|) <= BOUND`` (a single reduction pass over x) picks the
 fast path for the whole array; otherwise every element with ``|x| > BOUND``, ±inf or NaN
 gets ``jnp.sin``/``jnp.cos`` and the rest the fast path, so an element's result never depends
 on its neighbours. ``sin(±inf)`` and ``cos(±inf)`` are NaN and NaN propagates, as in
 ``jnp.sin``.
 
 Under ``vmap`` a batched ``lax.cond`` predicate becomes a ``select`` that evaluates both
-branches: the fast path twice plus ``jnp.sin`` and ``jnp.cos`` of every element, 4.1x the
-time of the unbatched call and 1.1x that of plain ``jnp.sin`` + ``jnp.cos`` (64 x 2**14
-float32 on CPU). A ``jax.custom_batching.custom_vmap`` rule avoids it: a batched call takes
-the maximum over the whole batch, so ``vmap`` costs what one call on the stacked array costs
-(0.25x of ``jnp.sin`` + ``jnp.cos``, against 0.27x unbatched).
+branches: the fast path twice plus ``jnp.sin`` and ``jnp.cos`` of every element, slower
+than plain ``jnp.sin`` + ``jnp.cos``. A ``jax.custom_batching.custom_vmap`` rule avoids it:
+a batched call takes the maximum over the whole batch, so ``vmap`` costs what one call on the
+stacked array costs (``tests/test_sincos.py`` checks the batched program keeps its
+conditional).
 
 Memory: XLA fuses nothing across a ``cond``, so ``sin x`` and ``cos x`` are written out by the
 branch and read back by their consumers; on CPU the branch evaluates the kernel once per
 output (XLA:CPU makes no multi-output loop fusions), which costs less than packing the pair.
 ``sincos(x, epilogue=f)`` evaluates ``f(x, sin x, cos x)`` inside the branch instead, so only
-what the caller keeps is written: forward+backward of ``x · sin x`` with
-``f = lambda x, s, c: (x * s, s + x * c)`` ran in 0.18-0.28x the time of autodiff of
-``x * jnp.sin(x)`` at 2**20 and 2**22 float32 and bfloat16 elements on a shared 2-core CPU,
-against 0.23-0.50x through the plain pair (medians of interleaved runs, three runs; A/A
-0.96-1.06).
+what the caller keeps is written. ``xsin``'s default policy uses
+``f = lambda x, s, c: (x * s, s + x * c)``; ``python benchmarks/run.py`` measures its
+forward+backward against autodiff of ``x * jnp.sin(x)`` (``benchmarks/results.md``: 0.23x in
+float32 and 0.26x in bfloat16 at 2**20 and 2**22 elements, on a shared 2-core CPU).
 
 Differentiation: ``sincos`` is a ``jax.custom_jvp`` with the exact rule
 ``d(sin, cos) = (cos, -sin) dx`` (chained through ``epilogue`` with ``jax.jvp``), so forward
@@ -208,8 +207,7 @@ def sincos(x: Any, *, epilogue: Callable | None = None) -> Any:
             it is. XLA does not fuse across a ``cond``, so without it ``sin x`` and ``cos x``
             are written to memory and read back by their consumers; with it,
             ``sincos(x, epilogue=lambda x, s, c: (x * s, s + x * c))`` writes just those two
-            arrays (forward+backward of ``x sin x`` 1.4-2.2x faster at 2**22 elements on
-            CPU), and ``lambda x, s, c: x * s`` computes no cosine at all. It must not close
+            arrays, and ``lambda x, s, c: x * s`` computes no cosine at all. It must not close
             over traced values (it runs under a ``custom_vmap`` rule).
 
     Returns:
