@@ -247,3 +247,21 @@ def output_saving_vjp(forward, slope_from_output, upcast: bool):
 
     f.defvjp(f_fwd, lambda y, g: ((up(g) * slope_from_output(up(y))).astype(g.dtype),))
     return f
+
+
+def jit_value_and_slope(f):
+    """``x -> (f(x), vjp of ones)``, compiled once: an elementwise f's value and slope."""
+
+    def both(x):
+        y, vjp = jax.vjp(f, x)
+        return y, vjp(jnp.ones_like(y))[0]
+
+    return jax.jit(both)
+
+
+def float64_probe_points(limit: float = 50.0, n: int = 801, seed: int = 0) -> np.ndarray:
+    """float64 inputs for mpmath comparisons: a linear grid on [-limit, limit], random points
+    out to ±800 and magnitudes from 1e-300 to 1e308 of both signs."""
+    rng = np.random.default_rng(seed)
+    mags = np.logspace(-300, 308, 60)
+    return np.concatenate([np.linspace(-limit, limit, n), rng.uniform(-800, 800, 100), mags, -mags])
