@@ -249,6 +249,38 @@ def output_saving_vjp(forward, slope_from_output, upcast: bool):
     return f
 
 
+# --------------------------------------------------------------------------------------
+# Issue 16's activations (silu, gelu, mish, the ELU family, snake): float64 references.
+# --------------------------------------------------------------------------------------
+
+
+def silu_ref(x) -> np.ndarray:
+    """x·σ(x) in float64; NaN at x = -inf (-inf·0), as torch and jax.nn."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return x * sigmoid_ref(x)
+
+
+def silu_grad_ref(x) -> np.ndarray:
+    """σ(x)·(1 + x·σ(-x)), with its limits 0 at -inf and 1 at +inf."""
+    x = np.asarray(x, dtype=np.float64)
+    xf = np.where(np.isinf(x), 0.0, x)  # x·σ(-x) -> 0 at both infinities
+    return sigmoid_ref(x) * (1 + xf * sigmoid_ref(-x))
+
+
+def silu_grad_scale(x) -> np.ndarray:
+    """σ(x) + |x|·σ(x)σ(-x): the size of the slope's two terms (it crosses 0 at x ≈ -1.28)."""
+    x = np.asarray(x, dtype=np.float64)
+    xf = np.where(np.isinf(x), 0.0, x)
+    return sigmoid_ref(x) * (1 + np.abs(xf) * sigmoid_ref(-x))
+
+
+def silu_second_ref(x) -> np.ndarray:
+    """σ(x)σ(-x)·(2 - x·tanh(x/2))."""
+    x = np.asarray(x, dtype=np.float64)
+    return sigmoid_ref(x) * sigmoid_ref(-x) * (2 - x * np.tanh(x / 2))
+
+
 def jit_value_and_slope(f):
     """``x -> (f(x), vjp of ones)``, compiled once: an elementwise f's value and slope."""
 

@@ -8,6 +8,7 @@ The functional kernels live here; the framework modules live in ``stable_layers.
 from ._activation import Activation as Activation
 from ._activation import custom_activation as custom_activation
 from ._log_sigmoid import log_sigmoid as log_sigmoid
+from ._silu import silu as silu
 from ._softplus import softplus as softplus
 from ._softplus import stable_log1pexp as stable_log1pexp
 from ._softplus_inverse import softplus_inverse as softplus_inverse
@@ -21,6 +22,7 @@ __all__ = [
     "custom_activation",
     "custom_vjp_with_extra_residual",
     "log_sigmoid",
+    "silu",
     "softplus",
     "softplus_inverse",
     "stable_log1pexp",
