@@ -39,11 +39,10 @@ def _is_tracer(value: Any) -> bool:
 def check_beta(fn: str, beta: Any) -> float | jax.Array:
     """Validates ``beta``: a positive finite number (static) or a real array.
 
-    Returns a Python float for a compile-time constant β and a floating JAX array for a traced
-    one. A concrete (non-traced) array is a constant too: it is checked here, and a scalar one
-    is returned as a float, so it keeps the one-residual backward pass (an array β would also
-    keep ``x`` for a β gradient that nothing asks for). Under ``jit`` or ``grad`` an array's
-    sign cannot be checked; the layers keep a learnable β positive by construction.
+    Returns a Python float for a compile-time constant β and a floating JAX array otherwise.
+    An array, concrete or traced, stays an array: the kernel traces it, so a new value never
+    compiles again. A concrete array's values are checked here; under ``jit`` or ``grad`` an
+    array's sign cannot be checked (the layers keep a learnable β positive by construction).
     """
     if isinstance(beta, bool):
         raise TypeError(f"{fn}: beta must be a positive number or a real array; got {beta!r}.")
@@ -75,21 +74,23 @@ def check_beta(fn: str, beta: Any) -> float | jax.Array:
                 f"{fn}: beta must be positive and finite everywhere; got an array with "
                 f"min {values.min()!r} and max {values.max()!r}."
             )
-        if arr.shape == ():
-            return float(values)
     return arr
 
 
-def check_beta_range(fn: str, beta: float, dtype: Any) -> None:
-    """A static β must be a normal, finite number in the compute dtype it is used in.
+def check_beta_range(fn: str, beta: float | jax.Array, dtype: Any) -> None:
+    """β must be a normal, finite number in the compute dtype it is used in.
 
     ``beta=1e300`` passes ``check_beta`` but is ``inf`` in float32 (and ``1e-40`` flushes to 0),
-    which would turn the output into NaN/inf.
+    which would turn the output into NaN/inf. A traced array cannot be checked.
     """
+    if _is_tracer(beta):
+        return
+    values = np.asarray(beta, dtype=np.float64)
     fi = jnp.finfo(dtype)
-    if not float(fi.tiny) <= beta <= float(fi.max):
+    if not np.all((float(fi.tiny) <= values) & (values <= float(fi.max))):
+        shown = repr(beta) if isinstance(beta, float) else f"an array with min {values.min()!r}"
         raise ValueError(
-            f"{fn}: beta={beta!r} is outside the range of the {jnp.dtype(dtype).name} "
+            f"{fn}: beta={shown} is outside the range of the {jnp.dtype(dtype).name} "
             f"computation, [{float(fi.tiny):.3g}, {float(fi.max):.3g}]."
         )
 

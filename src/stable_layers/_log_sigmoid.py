@@ -7,10 +7,10 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from ._activation import Activation
+from ._activation import declare
 from ._softplus import _one_minus_exp_neg, _sigmoid
 
-_rule = Activation(
+_rule = declare(
     # min(x, 0) - log1p(e^-|x|), not -softplus(-x): the same bits up to the sign of a zero
     # result, but a trailing negation made XLA keep extra buffers (MLP step 2.56x identity).
     lambda x: jnp.minimum(x, 0) - jnp.log1p(jnp.exp(-jnp.abs(x))),
@@ -81,3 +81,6 @@ def log_sigmoid(
         JAX issue 2140 (the gradient of ``log_sigmoid`` at 0); ``jax.nn.log_sigmoid``.
     """
     return _rule(x, residual=residual, mode=mode)
+
+
+log_sigmoid.name = _rule.name  # type: ignore[attr-defined]

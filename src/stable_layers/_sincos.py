@@ -2,8 +2,9 @@
 
 XLA's CPU ``sin`` and ``cos`` are scalar library calls, not vectorised loops like its
 ``exp``, and ``x · sin(x)`` with its derivative
-``sin x + x cos x`` needs both. This module computes the pair with vectorisable arithmetic
-only (no custom calls, no backend branches), so the same code runs on CPU, GPU and TPU.
+``sin x + x cos x`` needs both. On CPU this module computes the pair with vectorisable
+arithmetic only (no custom calls); every other backend, whose ``sin`` and ``cos`` are
+vectorised, gets ``jnp.sin`` and ``jnp.cos`` (``_activation.on_cpu`` picks at lowering).
 
 Method (float32):
 
@@ -78,6 +79,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from ._activation import on_cpu
 
 __all__ = ["BOUND", "sincos"]
 
@@ -184,7 +187,10 @@ def _sincos_then(x: jax.Array, epilogue: Callable) -> Any:
     x = x.astype(jnp.float32)
     if x.size == 0:
         return epilogue(x, x, x)
-    return _cond(x, epilogue)
+    # The kernel and its cond are for XLA:CPU, whose sin and cos are scalar library calls;
+    # GPU and TPU have fast vectorised sin and cos, and a conditional there may read its
+    # predicate back to the host once per call.
+    return on_cpu(lambda x: _cond(x, epilogue), lambda x: epilogue(x, jnp.sin(x), jnp.cos(x)), x)
 
 
 @_sincos_then.defjvp

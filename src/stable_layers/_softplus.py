@@ -13,7 +13,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from ._activation import Activation
+from ._activation import declare
 from ._checks import as_float_array, check_beta, check_beta_range, check_threshold, compute_dtype
 
 # --------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def _beta_slope(x: jax.Array, beta: jax.Array) -> jax.Array:
     return -_entropy(x * beta) / (beta * beta)
 
 
-_rule = Activation(
+_rule = declare(
     _value,
     derivative=lambda x, beta: _sigmoid(_mul(x, beta)),
     # e^{βy} = 1 + e^{βx}, hence sigmoid(βx) = 1 - e^{-βy}.
@@ -256,9 +256,8 @@ def softplus(
     threshold = check_threshold(fn, threshold)
     x = as_float_array(fn, x)
     cd = compute_dtype(x.dtype)
-    if isinstance(beta, float):
-        check_beta_range(fn, beta, cd)
-    elif _broadcast_shape(x.shape, beta.shape) != x.shape:
+    check_beta_range(fn, beta, cd)
+    if not isinstance(beta, float) and _broadcast_shape(x.shape, beta.shape) != x.shape:
         raise ValueError(
             f"{fn}: beta of shape {beta.shape} must broadcast to x's shape {x.shape} "
             "(a scalar or a per-feature array)."
@@ -268,6 +267,9 @@ def softplus(
         return y
     beta_c = beta if isinstance(beta, float) else beta.astype(cd)
     return jnp.where(_mul(x.astype(cd), beta_c) > threshold, x, y)
+
+
+softplus.name = _rule.name  # type: ignore[attr-defined]
 
 
 def _broadcast_shape(a, b):

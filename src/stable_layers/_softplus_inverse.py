@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._activation import Activation
+from ._activation import declare
 from ._checks import as_float_array, check_beta, check_beta_range, compute_dtype
 from ._softplus import _broadcast_shape, _div, _mul, _one_minus_exp_neg
 
@@ -44,7 +44,7 @@ def _beta_slope(y: jax.Array, beta: jax.Array) -> jax.Array:
     return (z / jnp.expm1(z) - log1mexp) / (beta * beta)
 
 
-_rule = Activation(
+_rule = declare(
     _value,
     derivative=_slope,
     param_derivatives=lambda y, beta: (_beta_slope(y, beta),),
@@ -113,3 +113,6 @@ def softplus_inverse(y: Any, *, beta: float | jax.Array = 1.0) -> jax.Array:
             "(a scalar or a per-feature array)."
         )
     return _rule(y, beta, mode="jvp")
+
+
+softplus_inverse.name = _rule.name  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """The oscillating activation ``x · sin(x)``, with a backward pass that keeps one array.
 
 This file is the single source of truth for x·sin(x): its value, its slope and its own residual
-policy (seed 002's ``"input_and_sin"``). ``_activation.py`` builds the custom rules; the
-Equinox and Flax modules only call ``xsin``.
+policy (``"input_and_sin"``, the textbook ``custom_vjp``'s). ``_activation.py`` builds the
+custom rules; the Equinox and Flax modules only call ``xsin``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from ._activation import Activation, Policy, up
+from ._activation import Policy, declare, up
 from ._checks import as_float_array
 from ._sincos import sincos
 
@@ -45,12 +45,12 @@ def _cos(x, s, c):
     return c
 
 
-_rule = Activation(
+_rule = declare(
     lambda x: sincos(x, epilogue=_value),
     derivative=lambda x: sincos(x, epilogue=_slope),
     value_and_derivative=lambda x: sincos(x, epilogue=_value_and_slope_as(x.dtype)),
     name="stable_layers.xsin",
-    # Seed 002's policy: (x, sin x), and the backward recomputes only cos x.
+    # The textbook custom_vjp's policy: (x, sin x), and the backward recomputes only cos x.
     policies={
         "input_and_sin": Policy(
             keep=lambda x, y, p: (x, sincos(up(x), epilogue=_sin).astype(x.dtype)),
@@ -65,7 +65,8 @@ _rule = Activation(
 def xsin(
     x: Any,
     *,
-    residual: Literal["derivative", "input_and_sin", "input"] = "derivative",
+    residual: Literal["derivative", "input_and_sin", "input"] | None = None,
+    bits: Literal[1, 2, 4, 8] | None = None,
     mode: Literal["vjp", "jvp"] = "vjp",
 ) -> jax.Array:
     """The oscillating activation ``x · sin(x)``, whose backward pass keeps one array.
@@ -86,16 +87,22 @@ def xsin(
         residual: What the backward pass keeps, in ``x``'s dtype. ``"derivative"``
             (default): ``sin x + x cos x``, one array, the backward is one multiply.
             ``"input_and_sin"``: ``(x, sin x)``, two arrays, the backward recomputes
-            ``cos x`` (seed 002's choice). ``"input"``: ``x`` only, the backward recomputes
-            ``sin x`` and ``cos x``; use it where ``x`` is kept anyway. Each residual is tagged
-            ``jax.ad_checkpoint.checkpoint_name(..., "stable_layers.xsin")``. In float16 and
-            bfloat16 the kept arrays are half precision, so the cotangent is rounded twice:
+            ``cos x`` (the textbook ``custom_vjp``). ``"input"``: ``x`` only, the backward
+            recomputes ``sin x`` and ``cos x``; use it where ``x`` is kept anyway. Each residual
+            is tagged ``jax.ad_checkpoint.checkpoint_name(..., "stable_layers.xsin")``. In float16
+            and bfloat16 the kept arrays are half precision, so the cotangent is rounded twice:
             within 1.35 ulp of ``|g|(1 + |x|)`` for ``"derivative"``, 0.8 for
             ``"input_and_sin"``, 0.5 for ``"input"`` (bounds asserted over every finite input
             by ``tests/test_xsin.py``).
             Under ``jit`` XLA may itself recompute ``sin``/``cos`` from ``x`` for plain
             autodiff, so compiled memory can be the same for all policies; the policy
             fixes what the backward pass is guaranteed to keep.
+            ``None`` means ``"derivative"``.
+        bits: ``None`` (default), or 1, 2, 4 or 8 to keep the slope as packed
+            ``bits``-bit codes (8 bits: a quarter of a float32 slope's memory), within
+            ``(max - min) / (2**bits - 1)`` of the exact slope over the tensor; reverse mode
+            only, no derivatives beyond the first. See :func:`stable_layers.custom_activation`,
+            "Slope codes".
         mode: ``"vjp"`` (default) builds the rule with ``jax.custom_vjp`` (reverse mode,
             grad-of-grad; a ``custom_vjp`` cannot be used with ``jax.jvp``, ``jax.jacfwd`` or
             ``jax.hessian``). ``"jvp"`` builds it with ``jax.custom_jvp`` so forward mode and
@@ -106,7 +113,8 @@ def xsin(
 
     Raises:
         TypeError: ``x`` is complex.
-        ValueError: ``residual`` or ``mode`` is not a valid choice.
+        ValueError: ``residual``, ``bits`` or ``mode`` is not a valid choice, or ``bits`` is
+            given with ``residual="input"``/``"input_and_sin"`` or ``mode="jvp"``.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -116,8 +124,13 @@ def xsin(
         [0.         0.84147096 1.8185948 ]
         >>> print(jax.grad(lambda x: sl.xsin(x).sum())(x))
         [0.         1.3817732  0.07700372]
+        >>> print(jax.grad(lambda x: sl.xsin(x, bits=8).sum())(x))  # 256 levels over [0, 1.38]
+        [0.         1.3817732  0.07586206]
     """
-    return _rule(x, residual=residual, mode=mode)
+    return _rule(x, residual=residual, bits=bits, mode=mode)
+
+
+xsin.name = _rule.name  # type: ignore[attr-defined]
 
 
 def custom_vjp_with_extra_residual(x: Any) -> jax.Array:
