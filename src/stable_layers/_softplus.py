@@ -213,7 +213,7 @@ def softplus(
             kernel needs none for stability. A threshold adds a boolean mask (1 byte per
             element) to what the backward pass keeps.
         residual: What the backward pass keeps. ``"output"`` (default): ``y`` only, free
-            when the next layer keeps it too. ``"input"``: ``x`` only (seed 000's choice).
+            when the next layer keeps it too. ``"input"``: ``x`` only (the textbook ``custom_vjp``).
             Both give the same gradients to within an ulp or two; in float16/bfloat16 the
             saved ``y`` is itself rounded, so ``"output"`` gradients are within 1.4 ulp
             rather than 0.5 (``"input"`` rounds once; both bounds are asserted over every
@@ -282,13 +282,13 @@ def _broadcast_shape(a, b):
 def stable_log1pexp(x: Any) -> jax.Array:
     """``log(1 + exp(x))`` through a ``jax.custom_vjp`` that saves x and returns ``g * sigmoid(x)``.
 
-    The seed-000 entry point: softplus with β = 1 and ``residual="input"``. Unlike the seed's
-    worked example, whose forward ``log1p(exp(x))`` is ``inf`` for x > 88.7 in float32 (and
-    x > 11.1 in float16), this forward is finite for every finite x. Prefer
+    The textbook ``custom_vjp`` softplus: β = 1 and ``residual="input"``. Unlike the textbook
+    forward ``log1p(exp(x))``, which is ``inf`` for x > 88.7 in float32 (and x > 11.1 in
+    float16), this forward is finite for every finite x. Prefer
     :func:`softplus`, whose default keeps the output instead of the input.
 
     Args:
-        x: Input array (the seed specifies 1-D; any shape works).
+        x: Input array, any shape.
 
     Returns:
         ``log(1 + exp(x))``, same shape and float dtype as ``x``.

@@ -136,13 +136,13 @@ xsin.name = _rule.name  # type: ignore[attr-defined]
 def custom_vjp_with_extra_residual(x: Any) -> jax.Array:
     """Gradient of ``sum(x · sin(x))`` through a ``jax.custom_vjp`` that saves ``(x, sin x)``.
 
-    The seed-002 entry point: ``f_with_sin(x) = sum(x sin x)`` is :func:`xsin` with
+    The textbook ``custom_vjp`` of x·sin(x): ``f_with_sin(x) = sum(x sin x)`` is :func:`xsin` with
     ``residual="input_and_sin"``, whose forward saves ``(x, sin x)`` and whose backward
     returns ``g * (sin x + x cos x)``; this returns ``jax.grad(f_with_sin)(x)``. Prefer
     :func:`xsin`'s default policy, which keeps one array instead of two.
 
     Args:
-        x: Input array (the seed specifies 1-D; any shape works).
+        x: Input array, any shape.
 
     Returns:
         ``sin x + x cos x``, same shape and float dtype as ``x``.
