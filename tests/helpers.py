@@ -297,3 +297,138 @@ def float64_probe_points(limit: float = 50.0, n: int = 801, seed: int = 0) -> np
     rng = np.random.default_rng(seed)
     mags = np.logspace(-300, 308, 60)
     return np.concatenate([np.linspace(-limit, limit, n), rng.uniform(-800, 800, 100), mags, -mags])
+
+
+def _normal_pdf(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+
+
+_MP_CACHE: dict = {}
+
+
+def mp_where(x, mask, fn, fallback) -> np.ndarray:
+    """``fn`` (mpmath, one float -> mpf) where ``mask``, the float64 ``fallback`` elsewhere.
+
+    For references whose float64 formula loses digits in part of the range (scipy's ndtr:
+    450 ulp at x = -27; exp(-x²/2): the rounding of x²). Cached by input, since the generic
+    tests evaluate a reference on the same sweep once per policy and mode.
+    """
+    import mpmath
+
+    x = np.asarray(x, dtype=np.float64)
+    out = np.array(fallback, dtype=np.float64, copy=True)
+    key = (fn.__qualname__, x.tobytes(), np.asarray(mask).tobytes())
+    if key not in _MP_CACHE:
+        with mpmath.workdps(40):
+            _MP_CACHE[key] = np.array([float(fn(mpmath.mpf(float(v)))) for v in x[mask]])
+    out[mask] = _MP_CACHE[key]
+    return out
+
+
+def _mp_gelu(v):
+    import mpmath
+
+    return v * mpmath.ncdf(v)
+
+
+def _mp_gelu_slope(v):
+    import mpmath
+
+    return mpmath.ncdf(v) + v * mpmath.npdf(v)
+
+
+def gelu_ref(x) -> np.ndarray:
+    """x·Φ(x) in float64 (mpmath for x in [-40, -1], where scipy's ndtr loses up to 450 ulp;
+    scipy's float64 elsewhere); NaN at -inf."""
+    import scipy.special
+
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        y = x * scipy.special.ndtr(x)
+    return mp_where(x, (x >= -40) & (x <= -1), _mp_gelu, y)
+
+
+def gelu_grad_ref(x) -> np.ndarray:
+    """Φ(x) + x·φ(x), with its limits 0 at -inf and 1 at +inf (mpmath on [-40, -1])."""
+    import scipy.special
+
+    x = np.asarray(x, dtype=np.float64)
+    xf = np.where(np.isinf(x), 0.0, x)
+    d = scipy.special.ndtr(x) + xf * _normal_pdf(xf)
+    return mp_where(x, (x >= -40) & (x <= -1), _mp_gelu_slope, d)
+
+
+def gelu_grad_scale(x) -> np.ndarray:
+    """Φ(x) + |x|·φ(x): the size of the slope's terms (it crosses 0 at x ≈ -0.75)."""
+    import scipy.special
+
+    x = np.asarray(x, dtype=np.float64)
+    xf = np.where(np.isinf(x), 0.0, x)
+    return scipy.special.ndtr(x) + np.abs(xf) * _normal_pdf(xf)
+
+
+def gelu_second_ref(x) -> np.ndarray:
+    """φ(x)·(2 - x²)."""
+    x = np.asarray(x, dtype=np.float64)
+    return _normal_pdf(x) * (2 - x * x)
+
+
+_GELU_K = 2 * np.sqrt(2 / np.pi)  # z = K·x·(1 + A·x²) in tanh-GELU = x·σ(z)
+_GELU_A = 0.044715
+
+
+def _mp_gelu_tanh(v):
+    import mpmath
+
+    k = 2 * mpmath.sqrt(2 / mpmath.pi)
+    return v / (1 + mpmath.exp(-k * v * (1 + mpmath.mpf(_GELU_A) * v * v)))
+
+
+def _mp_gelu_tanh_slope(v):
+    import mpmath
+
+    k = 2 * mpmath.sqrt(2 / mpmath.pi)
+    a = mpmath.mpf(_GELU_A)
+    z = k * v * (1 + a * v * v)
+    s = 1 / (1 + mpmath.exp(-z))
+    return s * (1 + v * k * (1 + 3 * a * v * v) * (1 - s))
+
+
+def gelu_tanh_ref(x) -> np.ndarray:
+    """x·(1 + tanh(√(2/π)(x + 0.044715x³)))/2 = x·σ(z) in float64, mpmath on [-40, -2] (z's
+    rounding costs float64 1700 ulp at x = -20); NaN at -inf."""
+    x = np.asarray(x, dtype=np.float64)
+    xc = np.clip(x, -1e3, 1e3)  # σ(z) is 0 or 1 beyond; no x³ overflow
+    with np.errstate(invalid="ignore"):
+        y = x * sigmoid_ref(_GELU_K * xc * (1 + _GELU_A * xc * xc))
+    return mp_where(x, (x >= -40) & (x <= -2), _mp_gelu_tanh, y)
+
+
+def _gelu_tanh_parts(x):
+    x = np.asarray(x, dtype=np.float64)
+    xc = np.clip(np.where(np.isnan(x), 0.0, x), -1e3, 1e3)
+    z = _GELU_K * xc * (1 + _GELU_A * xc * xc)
+    dz = _GELU_K * (1 + 3 * _GELU_A * xc * xc)
+    return xc, z, dz, sigmoid_ref(z), sigmoid_ref(-z)
+
+
+def gelu_tanh_grad_ref(x) -> np.ndarray:
+    """σ(z)·(1 + x·z'·σ(-z)), with its limits 0 at -inf and 1 at +inf (mpmath on [-40, -2])."""
+    xc, z, dz, s, sm = _gelu_tanh_parts(x)
+    x = np.asarray(x, np.float64)
+    out = np.where(np.isnan(x), np.nan, s * (1 + xc * dz * sm))
+    return mp_where(x, (x >= -40) & (x <= -2), _mp_gelu_tanh_slope, out)
+
+
+def gelu_tanh_grad_scale(x) -> np.ndarray:
+    """σ(z) + |x|·z'·σ(z)σ(-z): the size of the slope's terms."""
+    xc, z, dz, s, sm = _gelu_tanh_parts(x)
+    return s * (1 + np.abs(xc) * dz * sm)
+
+
+def gelu_tanh_second_ref(x) -> np.ndarray:
+    """σσ̄·(2z' + x·z'' + x·z'²·(σ̄ - σ)), z'' = 6·K·A·x."""
+    xc, z, dz, s, sm = _gelu_tanh_parts(x)
+    return s * sm * (2 * dz + xc * 6 * _GELU_K * _GELU_A * xc + xc * dz * dz * (sm - s))

@@ -10,12 +10,21 @@ seed entry points, the limits it promises) goes in its own test file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from helpers import (
+    gelu_grad_ref,
+    gelu_grad_scale,
+    gelu_ref,
+    gelu_second_ref,
+    gelu_tanh_grad_ref,
+    gelu_tanh_grad_scale,
+    gelu_tanh_ref,
+    gelu_tanh_second_ref,
     log_sigmoid_ref,
     sigmoid_ref,
     silu_grad_ref,
@@ -63,6 +72,11 @@ class Entry:
         minimal: For an output-saving activation, ``(forward, slope_from_output)`` of the
             ten-line custom_vjp a user would write by hand (``helpers.output_saving_vjp``):
             the memory tests and the benchmark's memory table hold ours to it.
+        promotes_like: The function whose integer/bool promotion ``fn`` follows, if not
+            ``peer`` (the machine promotes like ``jax.nn.softplus``; ``jax.nn.gelu`` turns
+            bool into float32 even with x64).
+        checkpoint: The ``checkpoint_name`` of the kept arrays, if not
+            ``"stable_layers.<name>"`` (both GELU forms are ``"stable_layers.gelu"``).
     """
 
     name: str
@@ -82,6 +96,12 @@ class Entry:
     sweep_limit: float = 120.0
     monotone: bool = False
     minimal: tuple[Callable, Callable] | None = None
+    promotes_like: Callable | None = None
+    checkpoint: str | None = None
+
+    @property
+    def checkpoint_name(self) -> str:
+        return self.checkpoint or f"stable_layers.{self.name}"
 
     def scale(self, x):
         """The gradient's error is measured in ulps of this (float64)."""
@@ -237,6 +257,57 @@ ENTRIES = [
         naive=lambda x: x / (1 + jnp.exp(-x)),  # NaN gradient once exp(-x) overflows
         peer=jax.nn.silu,
         layer=None,
+    ),
+    Entry(
+        name="gelu",
+        fn=sl.gelu,
+        residuals={"input": 1, "derivative": 1},
+        reference=gelu_ref,
+        derivative=gelu_grad_ref,
+        grad_scale=gelu_grad_scale,  # the slope crosses 0 at x = -0.75: ulps of its terms
+        second_derivative=gelu_second_ref,
+        # Measured max (forward / gradient, 2^18-point sweep): f16 0.5001 / 0.5001, bf16
+        # 0.4998 / 0.4999, f32 4.45 / 3.56, f64 6 / 4 (against mpmath below x = -1).
+        # jax.nn.gelu(approximate=False): f16 15.2 / 15.9, bf16 192 / 216, f32 1.6e7 / 1.6e7
+        # (0 where Φ underflows before x·Φ), f64 8.7e15 / 8.5e15.
+        ulps={
+            "float16": (0.51, 0.51),
+            "bfloat16": (0.51, 0.51),
+            "float32": (8.0, 8.0),  # issue 16's goal
+            "float64": (8.0, 8.0),
+        },
+        # The textbook x(1 + erf(x/√2))/2 is finite everywhere: its cost is accuracy (1 + erf
+        # cancels for x < 0: all digits lost below x = -5.5 in float32).
+        naive=lambda x: 0.5 * x * (1 + jax.scipy.special.erf(x * 0.7071067811865476)),
+        naive_nonfinite=False,
+        peer=functools.partial(jax.nn.gelu, approximate=False),
+        promotes_like=jax.nn.softplus,
+        layer=None,
+    ),
+    Entry(
+        name="gelu_tanh",
+        fn=functools.partial(sl.gelu, approximate=True),
+        residuals={"input": 1, "derivative": 1},
+        reference=gelu_tanh_ref,
+        derivative=gelu_tanh_grad_ref,
+        grad_scale=gelu_tanh_grad_scale,
+        second_derivative=gelu_tanh_second_ref,
+        # Measured max (2^18-point sweep): f16 0.5001 / 0.5002, bf16 0.4998 / 0.4999, f32
+        # 144 / 136 (x near -10: the rounding of z = 2√(2/π)x(1 + 0.044715x²) ≈ -88, which
+        # σ(z) = e^z amplifies), f64 1588 / 1811 (the same, at x = -21; mpmath reference).
+        # jax.nn.gelu: f16 2037 / inf (x**3 overflows), bf16 256 / inf, f32 1.7e7 / inf.
+        ulps={
+            "float16": (0.51, 0.51),
+            "bfloat16": (0.51, 0.51),
+            "float32": (256.0, 256.0),  # issue 16's goal
+            "float64": (2048.0, 2048.0),
+        },
+        # The textbook tanh form: x**3 overflows float16 beyond |x| = 40 (fairseq #2235).
+        naive=lambda x: 0.5 * x * (1 + jnp.tanh(0.7978845608 * (x + 0.044715 * x**3))),
+        peer=jax.nn.gelu,
+        promotes_like=jax.nn.softplus,
+        layer=None,
+        checkpoint="stable_layers.gelu",
     ),
 ]
 

@@ -151,7 +151,7 @@ def test_edge_points(entry, residual, mode, name):
 def test_integers_and_bools_promote_like_the_peer(entry, dtype):
     x = jnp.asarray([0, 1, 1, 0], dtype) if dtype == jnp.bool_ else jnp.arange(4, dtype=dtype)
     try:
-        expected = (entry.peer or jax.nn.softplus)(x).dtype
+        expected = (entry.promotes_like or entry.peer or jax.nn.softplus)(x).dtype
     except TypeError:  # jax.nn.log_sigmoid rejects bool (jnp.negative): as jax.nn.softplus
         expected = jax.nn.softplus(x).dtype
     y = entry.fn(x)  # promotion comes before the policy: the default stands for all

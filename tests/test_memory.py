@@ -88,7 +88,7 @@ def test_residuals_are_named_for_checkpoint_policies(entry, residual, mode):
         )
         return [d for _, d in saved_residuals(ck, X) if "from the argument" not in d]
 
-    name = f"stable_layers.{entry.name}"
+    name = entry.checkpoint_name
     assert len(kept(name)) == entry.residuals[residual], kept(name)
     assert len(kept("something.else")) == 0
 

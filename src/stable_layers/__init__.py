@@ -7,6 +7,7 @@ The functional kernels live here; the framework modules live in ``stable_layers.
 
 from ._activation import Activation as Activation
 from ._activation import custom_activation as custom_activation
+from ._gelu import gelu as gelu
 from ._log_sigmoid import log_sigmoid as log_sigmoid
 from ._silu import silu as silu
 from ._softplus import softplus as softplus
@@ -21,6 +22,7 @@ __all__ = [
     "Activation",
     "custom_activation",
     "custom_vjp_with_extra_residual",
+    "gelu",
     "log_sigmoid",
     "silu",
     "softplus",

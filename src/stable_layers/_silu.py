@@ -27,10 +27,16 @@ def _tail(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return tail, jnp.exp(jnp.where(tail, x, _TAIL) - _TAIL)
 
 
+def x_sigmoid(x: jax.Array, z: jax.Array) -> jax.Array:
+    """``x · σ(z)``, also where σ(z) underflows but the product does not (z < -87.3 in
+    float32). tanh-GELU is ``x · σ(z)`` with ``z = 2√(2/π)(x + 0.044715x³)``."""
+    tail, e = _tail(z)
+    return jnp.where(tail, (x * e) * _E_M64, x * _sigmoid(z))
+
+
 def _value(x: jax.Array) -> jax.Array:
-    tail, e = _tail(x)
     # -inf · 0 = NaN at x = -inf: torch's and jax.nn's value there (issue 16's table).
-    return jnp.where(tail, (x * e) * _E_M64, x * _sigmoid(x))
+    return x_sigmoid(x, x)
 
 
 def _slope(x: jax.Array) -> jax.Array:
