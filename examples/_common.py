@@ -450,6 +450,26 @@ def step_temp_bytes(compiled: jax.stages.Compiled) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
+def step_bytes(compiled: jax.stages.Compiled) -> int | None:
+    """Everything the compiled step needs on a device at once, in bytes, per device.
+
+    ``argument + output + temp - alias`` from XLA's ``memory_analysis()``: the inputs
+    (parameters, optimizer state, batch), the results, the scratch space (see
+    :func:`step_temp_bytes`), less the outputs written into donated inputs' buffers. What
+    examples/memory_budget.py compares against a budget. ``None`` where the backend reports no
+    memory analysis.
+    """
+    a = compiled.memory_analysis()
+    if a is None:
+        return None
+    return int(
+        a.argument_size_in_bytes
+        + a.output_size_in_bytes
+        + a.temp_size_in_bytes
+        - a.alias_size_in_bytes
+    )
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy, with the softmax in float32 whatever the compute dtype."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -1,0 +1,560 @@
+"""How much bigger a batch fits: the largest batch whose train step fits a memory budget.
+
+    python examples/memory_budget.py --activation all --dtype float32 --out out/budget
+
+The model is a stack of transformer-style residual MLP blocks,
+``x + W2·act(W1·LayerNorm(x))``, between a linear embedding of digits' 64 pixels and a
+linear head over its 10 classes (Equinox, optax's Adam). For each activation the script finds
+the largest batch whose compiled train step fits ``--budget-mib``, without running it: it
+lowers and compiles the step for a candidate batch (``jax.ShapeDtypeStruct`` inputs, nothing is
+allocated) and reads XLA's ``memory_analysis()``; a bisection over such compiles, each probe
+placed by linear interpolation (a step's bytes grow linearly with the batch), ends with a
+batch that fits and the next one that does not. Then it trains every activation for
+``--steps`` at one common batch, from the same initialisation and the same batches, to show
+that the loss curves agree.
+
+What counts as the step's memory: ``argument + output + temp - alias`` bytes of the compiled
+step, per device. The arguments are the parameters, Adam's state and the batch; the outputs
+the new parameters and state and the loss; temp is XLA's scratch space, mostly what the
+forward pass keeps for the backward pass, which is what an activation's derivative rule
+decides. The step does not donate its arguments (alias is then 0), as the shared training
+loop keeps the previous state when a loss goes non-finite; a loop that donates its state
+saves the state's size once, the same for every activation.
+
+Arguments, data, the loop, the loss and the plot style come from ``_common.py``, shared with
+the training examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _common import (
+    DTYPES,
+    Placement,
+    Run,
+    _positive_float,
+    _positive_int,
+    batch_order,
+    cross_entropy,
+    load_dataset,
+    step_bytes,
+    train,
+)
+from jax.scipy.special import erfc
+
+import stable_layers as sl
+
+# Sized so that `--activation all` (ten activations: four compiles each to find the largest
+# batch, then 100 steps) takes under a minute on the project's 2-core CPU machine.
+DEFAULT_WIDTH = 128
+DEFAULT_DEPTH = 4
+DEFAULT_EXPANSION = 4
+DEFAULT_STEPS = 100
+DEFAULT_BATCH = 128
+DEFAULT_LR = 1e-3
+# CPU has no device memory limit to read: a fixed budget, large enough that the parameters
+# and Adam's state (6.5 MB at the default sizes, counted twice: in and out) are a small part
+# of it, so the largest batches compare the activations' per-example memory.
+CPU_BUDGET_MIB = 64
+# On GPU and TPU the default budget is the device's bytes_limit less this fraction: XLA's
+# memory_analysis() leaves out what the runtime needs beside the executable (cuBLAS/cuDNN
+# workspaces, fragmentation, other live arrays).
+DEVICE_MARGIN = 0.10
+# LLVM's optimisation level, which acts after XLA's buffer assignment: memory_analysis() is
+# the same (checked at the defaults), each compile a third quicker, the step a little slower.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# No batch is searched beyond this (int32 index arithmetic stays safe at the default width).
+MAX_BATCH = 1 << 24
+
+
+# --------------------------------------------------------------------------------------
+# The activations.
+# --------------------------------------------------------------------------------------
+
+
+def _gelu_value(x):
+    # Φ(x) = erfc(-x/√2)/2 keeps its relative accuracy for negative x, where 1 + erf(x/√2)
+    # cancels.
+    return 0.5 * x * erfc(-x / math.sqrt(2.0))
+
+
+def _gelu_slope(x):
+    return 0.5 * erfc(-x / math.sqrt(2.0)) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _silu_slope(x):
+    return jax.nn.sigmoid(x) * (1 + x * jax.nn.sigmoid(-x))
+
+
+def library_activation(name: str) -> Callable[..., jax.Array]:
+    """``stable_layers.gelu`` / ``.silu`` where the installed version has them, else the same
+    function built with ``stable_layers.custom_activation`` (same rule machinery)."""
+    if hasattr(sl, name):
+        return getattr(sl, name)
+    value, slope = {"gelu": (_gelu_value, _gelu_slope), "silu": (jax.nn.silu, _silu_slope)}[name]
+    return sl.custom_activation(value, derivative=slope, name=f"memory_budget.{name}")
+
+
+def _with_bits(name: str, bits: int) -> Callable[[jax.Array], jax.Array]:
+    return functools.partial(library_activation(name), bits=bits)
+
+
+# name -> (what it is, its jax.nn peer's name, a factory returning the activation)
+ACTIVATIONS: dict[str, tuple[str, str, Callable[[], Callable[[jax.Array], jax.Array]]]] = {
+    "jax-gelu": (
+        "jax.nn.gelu(approximate=False)",
+        "jax-gelu",
+        lambda: functools.partial(jax.nn.gelu, approximate=False),
+    ),
+    "jax-silu": ("jax.nn.silu", "jax-silu", lambda: jax.nn.silu),
+    "gelu": ("stable_layers.gelu", "jax-gelu", lambda: library_activation("gelu")),
+    "silu": ("stable_layers.silu", "jax-silu", lambda: library_activation("silu")),
+    "gelu-bits8": ("stable_layers.gelu(bits=8)", "jax-gelu", lambda: _with_bits("gelu", 8)),
+    "gelu-bits4": ("stable_layers.gelu(bits=4)", "jax-gelu", lambda: _with_bits("gelu", 4)),
+    "silu-bits8": ("stable_layers.silu(bits=8)", "jax-silu", lambda: _with_bits("silu", 8)),
+    "silu-bits4": ("stable_layers.silu(bits=4)", "jax-silu", lambda: _with_bits("silu", 4)),
+    "jax-softplus": ("jax.nn.softplus", "jax-softplus", lambda: jax.nn.softplus),
+    "softplus": ("stable_layers.softplus", "jax-softplus", lambda: sl.softplus),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Arguments.
+# --------------------------------------------------------------------------------------
+
+
+def _activation_list(text: str) -> list[str]:
+    if text == "all":
+        return list(ACTIVATIONS)
+    names = [n.strip() for n in text.split(",")]
+    bad = [n for n in names if n not in ACTIVATIONS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown activation(s) {', '.join(map(repr, bad))}; choose from "
+            f"{', '.join(ACTIVATIONS)}, comma-separated, or all"
+        )
+    return list(dict.fromkeys(names))  # in the order given, each once
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="The largest batch whose Equinox train step fits a memory budget, per "
+        "activation, then the same training at one common batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--activation",
+        type=_activation_list,
+        default="all",
+        metavar="NAME[,NAME...]|all",
+        help=f"one or more of {', '.join(ACTIVATIONS)}, comma-separated, or all",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="compute dtype of activations and matmuls; parameters and Adam's state stay float32",
+    )
+    parser.add_argument(
+        "--budget-mib",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="the memory budget of one train step, in MiB; default: on GPU/TPU the device's "
+        f"memory_stats()['bytes_limit'] less {DEVICE_MARGIN:.0%}, on CPU {CPU_BUDGET_MIB}",
+    )
+    parser.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS)
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH,
+        help="the common training batch (lowered to the smallest largest batch if that is less)",
+    )
+    parser.add_argument("--width", type=_positive_int, default=DEFAULT_WIDTH)
+    parser.add_argument("--depth", type=_positive_int, default=DEFAULT_DEPTH, help="blocks")
+    parser.add_argument(
+        "--expansion", type=_positive_int, default=DEFAULT_EXPANSION, help="W1 is width x this"
+    )
+    parser.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help="Adam step size")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out"), help="directory for metrics.json and budget.png"
+    )
+    args = parser.parse_args(argv)
+    if isinstance(args.activation, str):  # the default is not passed through `type`
+        args.activation = _activation_list(args.activation)
+    args.activations = args.activation
+    args.compute_dtype = DTYPES[args.dtype]
+    args.data = load_dataset("digits")
+    n = len(args.data.y)
+    if args.batch_size > n:
+        parser.error(f"--batch-size {args.batch_size} is larger than digits's {n} examples")
+    return args
+
+
+def default_budget_bytes(device: jax.Device) -> tuple[int, str]:
+    """The budget and where it came from: the device's own limit less a margin, or CPU's."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        limit = int(stats["bytes_limit"])
+        return int(limit * (1 - DEVICE_MARGIN)), (
+            f"{device.platform} bytes_limit {limit / 2**20:.0f} MiB less {DEVICE_MARGIN:.0%}"
+        )
+    return CPU_BUDGET_MIB * 2**20, "the fixed default for a device without a limit to read"
+
+
+# --------------------------------------------------------------------------------------
+# The model and its train step.
+# --------------------------------------------------------------------------------------
+
+
+class Block(eqx.Module):
+    """``x + W2·act(W1·LayerNorm(x))``, a transformer's MLP block."""
+
+    norm: eqx.nn.LayerNorm
+    up: eqx.nn.Linear
+    down: eqx.nn.Linear
+    act: Callable[[jax.Array], jax.Array] = eqx.field(static=True)
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        return x + self.down(self.act(self.up(self.norm(x))))
+
+
+def make_model(args: argparse.Namespace, act, key: jax.Array) -> eqx.nn.Sequential:
+    """Embedding, ``--depth`` blocks, a final LayerNorm and the head (float32 parameters)."""
+    width, hidden = args.width, args.width * args.expansion
+    data = args.data
+    k_embed, k_head, *ks = jax.random.split(key, 2 + 2 * args.depth)
+    layers = [eqx.nn.Linear(data.num_features, width, key=k_embed)]
+    for k1, k2 in zip(ks[::2], ks[1::2], strict=True):
+        layers.append(
+            Block(
+                eqx.nn.LayerNorm(width),
+                eqx.nn.Linear(width, hidden, key=k1),
+                eqx.nn.Linear(hidden, width, key=k2),
+                act,
+            )
+        )
+    layers += [eqx.nn.LayerNorm(width), eqx.nn.Linear(width, data.num_classes, key=k_head)]
+    return eqx.nn.Sequential(layers)
+
+
+class Step:
+    """One activation's train step, with a compile per batch size (each kept for reuse)."""
+
+    def __init__(self, activation: str, args: argparse.Namespace, keep: int):
+        act = ACTIVATIONS[activation][2]()
+        # The same key for every activation: the same initial parameters.
+        model = make_model(args, act, jax.random.key(args.seed))
+        params, static = eqx.partition(model, eqx.is_array)
+        optimizer = optax.adam(args.lr)
+        dtype = args.compute_dtype
+
+        def logits(params, x):
+            # Mixed precision: float32 parameters cast (differentiably) to the compute dtype.
+            cast = jax.tree.map(lambda a: a.astype(dtype), params)
+            return jax.vmap(eqx.combine(cast, static))(x.astype(dtype))
+
+        def step(state, x, y):
+            params, opt_state = state
+            loss, grads = jax.value_and_grad(lambda p: cross_entropy(logits(p, x), y))(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        self.state = (params, optimizer.init(params))
+        self.jitted = jax.jit(step)
+        predict = jax.jit(logits)
+        self.predict = lambda state, x: predict(state[0], x)
+        self.num_features = args.data.num_features
+        self.compiled: dict[int, jax.stages.Compiled] = {}
+        self.bytes: dict[int, int] = {}
+        self.keep = keep  # the training batch, whose executable the loop reuses
+
+    def compile(self, batch: int) -> jax.stages.Compiled:
+        if batch not in self.compiled:
+            x = jax.ShapeDtypeStruct((batch, self.num_features), jnp.float32)
+            y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+            lowered = self.jitted.lower(self.state, x, y)
+            self.compiled[batch] = lowered.compile(COMPILER_OPTIONS)
+        return self.compiled[batch]
+
+    def step_bytes(self, batch: int) -> int:
+        """The compiled step's ``argument + output + temp - alias`` bytes at ``batch``."""
+        if batch not in self.bytes:
+            found = step_bytes(self.compile(batch))
+            if found is None:
+                raise SystemExit(
+                    f"memory_budget: the {jax.default_backend()} backend reports no "
+                    "memory_analysis() for a compiled step, so no batch can be sized"
+                )
+            self.bytes[batch] = found
+            # Only the executable at the training batch is needed later.
+            self.compiled = {b: c for b, c in self.compiled.items() if b == self.keep}
+        return self.bytes[batch]
+
+    def run(self, batch: int) -> Run:
+        """The shared loop's view of this step, compiled once for the training batch."""
+        compiled = self.compile(batch)
+        return Run(
+            state=self.state,
+            train_step=compiled,
+            predict=self.predict,
+            compile_step=lambda state, x, y: compiled,
+        )
+
+
+def largest_batch(bytes_at: Callable[[int], int], budget: int, start: int) -> tuple[int, int]:
+    """The largest batch ``n`` with ``bytes_at(n) <= budget``, and how many batches it tried.
+
+    A bisection over compiles: ``lo`` fits (0 trivially), ``hi`` does not, and the bracket
+    shrinks until ``hi == lo + 1``. Each probe is placed by linear interpolation between the
+    bracket's ends (or extrapolation from the two largest batches that fit, before one has
+    failed): a step's bytes are an affine function of the batch, up to alignment, so the
+    search typically needs four compiles. Every third probe is the bracket's midpoint, which
+    bounds the count by a plain bisection's should the bytes not be affine. Assumes
+    ``bytes_at`` does not decrease as the batch grows.
+    """
+    seen: dict[int, int] = {}
+
+    def fits(n: int) -> bool:
+        seen[n] = bytes_at(n)
+        return seen[n] <= budget
+
+    lo, hi = 0, None
+    n = start
+    while True:
+        if fits(n):
+            lo = n
+        else:
+            hi = n
+        if hi is not None and hi - lo <= 1:
+            return lo, len(seen)
+        if lo == MAX_BATCH:
+            return lo, len(seen)
+        ok = sorted(b for b in seen if seen[b] <= budget)
+        if hi is not None and len(seen) % 3 == 0:
+            n = (lo + hi) // 2
+        elif len(ok) >= 2 or (ok and hi is not None):
+            a, b = (ok[-2], ok[-1]) if hi is None else (ok[-1], hi)
+            slope = (seen[b] - seen[a]) / (b - a)
+            n = lo + int((budget - seen[lo]) // slope) if slope > 0 else 2 * lo
+        elif ok:  # one batch fits: scale it, an underestimate while bytes_at(0) > 0
+            n = int(lo * budget / seen[lo])
+        else:  # nothing fits yet: scale the one that failed down
+            n = int(hi * budget / seen[hi])
+        upper = MAX_BATCH if hi is None else hi - 1
+        n = min(max(n, lo + 1), upper)
+
+
+# --------------------------------------------------------------------------------------
+# Reporting.
+# --------------------------------------------------------------------------------------
+
+
+def with_ratios(runs: list[dict]) -> list[dict]:
+    """Each run's largest batch over its jax.nn peer's (None where the peer was not run)."""
+    by = {r["activation"]: r for r in runs}
+    out = []
+    for r in runs:
+        peer = by.get(ACTIVATIONS[r["activation"]][1])
+        ratio = None
+        if peer is not None and peer["largest_batch"] > 0:
+            ratio = r["largest_batch"] / peer["largest_batch"]
+        out.append({**r, "ratio": ratio, "peer": None if peer is None else peer["activation"]})
+    return out
+
+
+def max_loss_gap(run: dict, peer: dict | None) -> float | None:
+    """The largest relative difference between a run's losses and its peer's, step by step."""
+    if peer is None:
+        return None
+    pairs = [(a, b) for a, b in zip(run["losses"], peer["losses"]) if a is not None and b]
+    return max((abs(a - b) / abs(b) for a, b in pairs), default=None)
+
+
+def summary_table(runs: list[dict]) -> str:
+    by = {r["activation"]: r for r in runs}
+    lines = [
+        f"{'activation':<13} {'largest batch':>13} {'bytes/example':>13} {'x jax.nn':>8} "
+        f"{'final loss':>10} {'max loss gap':>12}"
+    ]
+    for r in with_ratios(runs):
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        final = r["losses"][-1]
+        gap = max_loss_gap(r, by.get(r["peer"])) if r["peer"] != r["activation"] else None
+        lines.append(
+            f"{r['activation']:<13} {r['largest_batch']:>13,} {r['bytes_per_example']:>13,.0f} "
+            f"{ratio:>8} {'-' if final is None else format(final, '.4f'):>10} "
+            f"{'-' if gap is None else format(gap, '.1%'):>12}"
+        )
+    return "\n".join(lines)
+
+
+def plot(metrics: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = with_ratios(metrics["runs"])
+    families = sorted({ACTIVATIONS[r["activation"]][1] for r in runs})
+    color = {f: f"C{i}" for i, f in enumerate(families)}
+    fig, (bars, curves) = plt.subplots(
+        1, 2, figsize=(11, 4.2), layout="constrained", width_ratios=(1, 1.15)
+    )
+    names = [r["activation"] for r in runs]
+    values = [r["largest_batch"] for r in runs]
+    colors = [color[ACTIVATIONS[n][1]] for n in names]
+    hatches = ["" if n.startswith("jax-") else "//" for n in names]
+    ypos = np.arange(len(runs))[::-1]
+    drawn = bars.barh(ypos, values, color=colors, edgecolor="black", lw=0.6)
+    for patch, hatch in zip(drawn, hatches, strict=True):
+        patch.set_hatch(hatch)
+    for y, r in zip(ypos, runs, strict=True):
+        label = f" {r['largest_batch']:,}"
+        if r["ratio"] is not None and r["peer"] != r["activation"]:
+            label += f"  ({r['ratio']:.2f}x)"
+        bars.text(r["largest_batch"], y, label, va="center", fontsize=8)
+    bars.set_yticks(ypos, names, fontsize=9)
+    bars.set_xlabel(f"largest batch within {metrics['budget_bytes'] / 2**20:.0f} MiB")
+    bars.set_xlim(0, max(values) * 1.3 if values else 1)
+    bars.set_title("largest batch that fits (hatched: stable_layers)", fontsize=10)
+    bars.grid(True, axis="x", alpha=0.3)
+
+    for i, r in enumerate(runs):
+        steps = [s for s, v in enumerate(r["losses"], 1) if v is not None]
+        vals = [v for v in r["losses"] if v is not None]
+        style = "-" if r["activation"].startswith("jax-") else "--"
+        curves.plot(
+            steps,
+            vals,
+            style,
+            color=color[ACTIVATIONS[r["activation"]][1]],
+            lw=2.4 if style == "-" else 1.2,
+            label=r["activation"],
+        )
+    curves.set_yscale("log")
+    curves.set_xlabel(f"step (batch {metrics['batch_size']}, same initialisation and batches)")
+    curves.set_ylabel("training loss (cross-entropy)")
+    curves.set_title("the same training", fontsize=10)
+    curves.grid(True, which="both", alpha=0.3)
+    curves.legend(fontsize=8, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device = jax.devices()[0]
+    print(f"backend: {jax.default_backend()}, device: {device}")
+    if args.budget_mib is None:
+        budget, source = default_budget_bytes(device)
+    else:
+        budget, source = int(args.budget_mib * 2**20), "--budget-mib"
+    print(f"budget: {budget / 2**20:.1f} MiB ({source})")
+    data = args.data
+    print(
+        f"model: {data.num_features} -> {args.width} -> {args.depth} x [x + W2 act(W1 "
+        f"LayerNorm(x)), hidden {args.width * args.expansion}] -> {data.num_classes}, compute "
+        f"{args.dtype}, Adam lr {args.lr}; step memory = argument + output + temp - alias "
+        "bytes of the compiled step"
+    )
+
+    def search(name: str) -> tuple[Step, dict]:
+        step = Step(name, args, keep=args.batch_size)
+        n, tried = largest_batch(step.step_bytes, budget, args.batch_size)
+        if n == 0:
+            raise SystemExit(
+                f"memory_budget: --budget-mib {budget / 2**20:g} does not fit a batch of 1 "
+                f"with {name} ({step.bytes[1] / 2**20:.1f} MiB); give a larger budget"
+            )
+        # Bytes per example: the slope between the two largest batches tried that fit, the
+        # cost of one more example near the budget.
+        fitting = sorted(b for b, v in step.bytes.items() if v <= budget)
+        a = fitting[-2] if len(fitting) >= 2 else 0
+        low = step.bytes[a] if a else 0
+        slope = (step.bytes[n] - low) / (n - a)
+        return step, {"largest_batch": n, "bytes_per_example": slope, "compiles": tried}
+
+    # XLA compiles outside the GIL: one search per core at a time.
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(len(args.activations), os.cpu_count() or 1))
+    ) as pool:
+        results = dict(zip(args.activations, pool.map(search, args.activations), strict=True))
+    steps = {name: step for name, (step, _) in results.items()}
+    found = {name: f for name, (_, f) in results.items()}
+    for name, f in found.items():
+        n, b = f["largest_batch"], steps[name].bytes
+        print(
+            f"{name:>13}: largest batch {n:,} ({b[n] / 2**20:.2f} MiB; "
+            f"{b.get(n + 1, 0) / 2**20:.2f} MiB at {n + 1:,}), {f['compiles']} compiles"
+        )
+
+    batch = min([args.batch_size, *(f["largest_batch"] for f in found.values())])
+    if batch < args.batch_size:
+        print(f"training batch lowered to {batch}, the smallest largest batch")
+    order = batch_order(len(data.y), batch, args.steps, args.seed)
+    place = Placement(data_parallel=False)
+    runs = []
+    for name in args.activations:
+        trained = train(name, steps[name].run(batch), args, order, place)
+        runs.append(
+            {
+                "activation": name,
+                "largest_batch": found[name]["largest_batch"],
+                "bytes_per_example": found[name]["bytes_per_example"],
+                "losses": trained["losses"],
+                "step_bytes": steps[name].bytes[found[name]["largest_batch"]],
+                "compiles": found[name]["compiles"],
+                "train_accuracy": trained["train_accuracy"],
+            }
+        )
+
+    metrics = {
+        "budget_bytes": budget,
+        "dtype": args.dtype,
+        "backend": jax.default_backend(),
+        "batch_size": batch,
+        "steps": args.steps,
+        "model": {"width": args.width, "depth": args.depth, "expansion": args.expansion},
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=2, allow_nan=False)
+    title = (
+        f"Equinox, {args.depth} residual MLP blocks (width {args.width}, hidden "
+        f"{args.width * args.expansion}), {args.dtype}, {jax.default_backend()}"
+    )
+    plot(metrics, args.out / "budget.png", title)
+    print(summary_table(runs))
+    print(
+        f"wrote {args.out / 'metrics.json'} and {args.out / 'budget.png'} "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
