@@ -432,3 +432,41 @@ def gelu_tanh_second_ref(x) -> np.ndarray:
     """σσ̄·(2z' + x·z'' + x·z'²·(σ̄ - σ)), z'' = 6·K·A·x."""
     xc, z, dz, s, sm = _gelu_tanh_parts(x)
     return s * sm * (2 * dz + xc * 6 * _GELU_K * _GELU_A * xc + xc * dz * dz * (sm - s))
+
+
+def _mish_parts(x):
+    """(x, tanh(softplus(x)), 1 - tanh², σ(x)) in float64, from e = e^-|x| (no overflow)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    n = e * (e + 2)  # x < 0: tanh(sp) = n/(n + 2), 1 - tanh² = 4(n + 1)/(n + 2)²
+    m = 1 + 2 * e + 2 * e * e  # x >= 0: tanh(sp) = (1 + 2e)/m, 1 - tanh² = 4e²(1 + e)²/m²
+    t = np.where(x < 0, n / (n + 2), (1 + 2 * e) / m)
+    sech2 = np.where(x < 0, 4 * (n + 1) / (n + 2) ** 2, 4 * (e * (1 + e)) ** 2 / m**2)
+    return x, t, sech2, sigmoid_ref(x)
+
+
+def mish_ref(x) -> np.ndarray:
+    """x·tanh(softplus(x)) in float64; NaN at -inf (-inf·0)."""
+    x, t, _, _ = _mish_parts(x)
+    with np.errstate(invalid="ignore"):
+        return x * t
+
+
+def mish_grad_ref(x) -> np.ndarray:
+    """tanh(sp) + x·sech²(sp)·σ(x), with its limits 0 at -inf and 1 at +inf."""
+    x, t, sech2, s = _mish_parts(x)
+    xf = np.where(np.isinf(x), 0.0, x)
+    return t + xf * sech2 * s
+
+
+def mish_grad_scale(x) -> np.ndarray:
+    """tanh(sp) + |x|·sech²(sp)·σ(x): the size of the slope's terms (a zero at x ≈ -1.19)."""
+    x, t, sech2, s = _mish_parts(x)
+    xf = np.where(np.isinf(x), 0.0, x)
+    return t + np.abs(xf) * sech2 * s
+
+
+def mish_second_ref(x) -> np.ndarray:
+    """sech²(sp)·σ(x)·(2 + x·(σ(-x) - 2·tanh(sp)·σ(x)))."""
+    x, t, sech2, s = _mish_parts(x)
+    return sech2 * s * (2 + x * (sigmoid_ref(-x) - 2 * t * s))

@@ -9,6 +9,7 @@ from ._activation import Activation as Activation
 from ._activation import custom_activation as custom_activation
 from ._gelu import gelu as gelu
 from ._log_sigmoid import log_sigmoid as log_sigmoid
+from ._mish import mish as mish
 from ._silu import silu as silu
 from ._softplus import softplus as softplus
 from ._softplus import stable_log1pexp as stable_log1pexp
@@ -24,6 +25,7 @@ __all__ = [
     "custom_vjp_with_extra_residual",
     "gelu",
     "log_sigmoid",
+    "mish",
     "silu",
     "softplus",
     "softplus_inverse",
