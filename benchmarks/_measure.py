@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from helpers import mlp_temp_bytes, np_dtype, sweep, ulp_error_of_scale
+from helpers import mlp_temp_bytes, np_dtype, sweep, ulp_error
 
 
 def keep_freed_memory() -> str:
@@ -179,7 +179,7 @@ def _summary(a, r, scale, dtype: str) -> dict:
     a = np.asarray(a).astype(np.float64)
     bad = np.isfinite(r) & ~np.isfinite(a)
     ok = np.isfinite(r) & np.isfinite(a)
-    err = ulp_error_of_scale(a[ok], r[ok], scale[ok], dtype)
+    err = ulp_error(a[ok], r[ok], dtype, scale=scale[ok])
     return {
         "max_ulp": float(err.max(initial=0.0)),
         "p99_9_ulp": float(np.percentile(err, 99.9)) if err.size else 0.0,

@@ -63,7 +63,7 @@ memory: jit(grad(loss)).lower(...).compile().memory_analysis().temp_size_in_byte
 with and without a float32 upcast; its goal takes the smaller. Accuracy: helpers.sweep (all
 finite 16-bit values; float32: uniform on the entry's sweep_limit plus log-spaced magnitudes to
 finfo.max) less subnormal inputs (XLA on CPU reads them as 0), in ulps of the registry's
-forward_scale / scale against its float64 reference / derivative (helpers.ulp_error_of_scale);
+forward_scale / scale against its float64 reference / derivative (helpers.ulp_error);
 non-finite results where the reference is finite are counted apart, not in the ulps."""
 
 

@@ -44,22 +44,28 @@ def sweep(name: str, n: int = 1 << 20, limit: float | None = None) -> np.ndarray
     return np.unique(vals.astype(np.float64)).astype(dt)
 
 
-def ulp_error(actual, reference, name: str, flush_subnormals: bool = True) -> np.ndarray:
-    """|actual - reference| in units of the last place of ``name`` at ``reference``.
+def ulp_error(
+    actual, reference, name: str, flush_subnormals: bool = True, *, scale=None
+) -> np.ndarray:
+    """|actual - reference| in units of the last place of ``name`` at ``scale``.
 
-    ``reference`` is float64 (or better). Equal infinities and matching NaNs count as 0; a
-    non-finite result where the reference is finite counts as inf. Below ``finfo.tiny`` the
-    ulp is the subnormal spacing. With ``flush_subnormals`` (default) a result of 0 where the
-    reference is subnormal counts as exact: XLA on CPU and GPU flushes subnormals to zero, for
-    every kernel alike, so that is a property of the backend, not of a formula.
+    ``reference`` is float64 (or better); ``scale`` (float64) defaults to ``|reference|``, so by
+    default the error is in ulps of the reference. Where a result is a sum of terms that cancel
+    (``sin x + x cos x``), pass the terms' magnitude as ``scale``, since a relative error is
+    meaningless near its zeros. Equal infinities and matching NaNs count as 0; a non-finite
+    result where the reference is finite counts as inf. Below ``finfo.tiny`` the ulp is the
+    subnormal spacing. With ``flush_subnormals`` (default) a result of 0 where the reference is
+    subnormal counts as exact: XLA on CPU and GPU flushes subnormals to zero, for every kernel
+    alike, so that is a property of the backend, not of a formula.
     """
     fi = ml_dtypes.finfo(np_dtype(name))
     a = np.asarray(actual).astype(np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if flush_subnormals:
         r = np.where((np.abs(r) < float(fi.tiny)) & (a == 0), 0.0, r)
+    s = np.abs(r if scale is None else np.asarray(scale, dtype=np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
-        exp = np.floor(np.log2(np.abs(r)))
+        exp = np.floor(np.log2(s))
         exp = np.maximum(np.where(np.isfinite(exp), exp, fi.minexp), fi.minexp)
         ulp = np.ldexp(1.0, (exp - fi.nmant).astype(np.int64))
         err = np.abs(a - r) / ulp
@@ -68,8 +74,15 @@ def ulp_error(actual, reference, name: str, flush_subnormals: bool = True) -> np
     return np.where(np.isnan(err), np.inf, err)
 
 
-def softplus_ref(x, beta: float = 1.0) -> np.ndarray:
-    """log(1 + exp(βx)) / β in float64 (relative error ~1e-16, far below a float32 ulp)."""
+def softplus_ref(x, beta=1.0):
+    """log(1 + exp(βx)) / β in float64 (relative error ~1e-16, far below a float32 ulp).
+
+    NumPy in, float64 NumPy out. A JAX ``x`` or ``beta`` (traced too) is computed with
+    ``jax.numpy`` in its own dtype, so that the layer tests' float64 reference networks can be
+    differentiated; it never goes through stable_layers.
+    """
+    if isinstance(x, jax.Array) or isinstance(beta, jax.Array):
+        return jnp.logaddexp(0.0, beta * x) / beta
     z = beta * np.asarray(x, dtype=np.float64)
     return np.logaddexp(0.0, z) / beta
 
@@ -109,11 +122,6 @@ def softplus_inverse_ref(y, beta: float = 1.0) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 F32, F64, BF16 = jnp.float32, jnp.float64, jnp.bfloat16
-
-
-def ref_softplus(x, beta):
-    """float64 log(1 + exp(βx)) / β, not through stable_layers."""
-    return jnp.logaddexp(0.0, beta * x) / beta
 
 
 def assert_tree_close(actual, ref, rtol, *, same_structure=True):
@@ -186,35 +194,8 @@ def mlp_temp_bytes(act, dtype=jnp.float32, depth=8, width=256, batch=512, bias=F
 
 
 # --------------------------------------------------------------------------------------
-# Errors in ulps of a scale (the generic accuracy tests of tests/test_activations.py).
+# Edge points and the minimal output-saving rule (the generic tests of test_activations.py).
 # --------------------------------------------------------------------------------------
-
-
-def ulp_error_of_scale(
-    actual, reference, scale, name: str, flush_subnormals: bool = True
-) -> np.ndarray:
-    """|actual - reference| in units of the last place of ``name`` at ``scale``.
-
-    As :func:`ulp_error` (equal infinities and matching NaNs count as 0, a non-finite result
-    where the reference is finite as inf, a flushed subnormal reference as exact), but in ulps
-    of a float64 ``scale`` rather than of the reference: with ``scale = |reference|`` the two
-    agree. Where a result is a sum of terms that cancel (``sin x + x cos x``), the scale is the
-    terms' magnitude, since a relative error is meaningless near its zeros.
-    """
-    fi = ml_dtypes.finfo(np_dtype(name))
-    a = np.asarray(actual).astype(np.float64)
-    r = np.asarray(reference, dtype=np.float64)
-    s = np.abs(np.asarray(scale, dtype=np.float64))
-    if flush_subnormals:
-        r = np.where((np.abs(r) < float(fi.tiny)) & (a == 0), 0.0, r)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exp = np.floor(np.log2(s))
-        exp = np.maximum(np.where(np.isfinite(exp), exp, fi.minexp), fi.minexp)
-        ulp = np.ldexp(1.0, (exp - fi.nmant).astype(np.int64))
-        err = np.abs(a - r) / ulp
-    same = (a == r) | (np.isnan(a) & np.isnan(r))
-    err = np.where(same, 0.0, err)
-    return np.where(np.isnan(err), np.inf, err)
 
 
 def edge_points(name: str) -> np.ndarray:

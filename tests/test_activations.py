@@ -27,7 +27,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import registry
-from helpers import FLOAT_DTYPES, edge_points, np_dtype, sweep, ulp_error_of_scale
+from helpers import FLOAT_DTYPES, edge_points, np_dtype, sweep, ulp_error
 
 SWEEP_N = 1 << 16  # float32/float64 sweep size: ~0.1 s of kernel time per case
 ENTRIES = [pytest.param(e, id=e.name) for e in registry.ENTRIES]
@@ -76,8 +76,8 @@ def _errors(entry, x, y, g, name):
             ref, dref = entry.reference(xr), entry.derivative(xr)
             fs, gs = entry.forward_scale(xr), entry.scale(xr)
         return (
-            ulp_error_of_scale(y, ref, fs, name),
-            ulp_error_of_scale(g, dref, gs, name),
+            ulp_error(y, ref, name, scale=fs),
+            ulp_error(g, dref, name, scale=gs),
         )
 
     x64 = np.asarray(x).astype(np.float64)

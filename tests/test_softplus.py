@@ -412,7 +412,7 @@ def test_accepts_lists_and_numpy():
     assert y.dtype == jnp.float32
 
 
-# ------------------------------------------------------------------------------ review fixes
+# ------------------------------------------------------------ cotangents, β arrays, x64 off
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
