@@ -451,3 +451,52 @@ def mish_second_ref(x) -> np.ndarray:
     """sech²(sp)·σ(x)·(2 + x·(σ(-x) - 2·tanh(sp)·σ(x)))."""
     x, t, sech2, s = _mish_parts(x)
     return sech2 * s * (2 + x * (sigmoid_ref(-x) - 2 * t * s))
+
+
+SELU_SCALE = 1.0507009873554804934193349852946  # torch's constants
+SELU_ALPHA = 1.6732632423543772848170429916717
+
+
+def elu_ref(x, alpha: float = 1.0) -> np.ndarray:
+    """x for x > 0, α·expm1(x) otherwise, in float64 (-α at -inf)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def elu_grad_ref(x, alpha: float = 1.0) -> np.ndarray:
+    """1 for x > 0, α·e^x otherwise (α at 0, as torch)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0)))
+
+
+def celu_ref(x, alpha: float = 1.0) -> np.ndarray:
+    """x for x > 0, α·expm1(x/α) otherwise, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0) / alpha))
+
+
+def celu_grad_ref(x, alpha: float = 1.0) -> np.ndarray:
+    """1 for x > 0, e^(x/α) otherwise."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0) / alpha))
+
+
+def selu_ref(x) -> np.ndarray:
+    """λ·elu(x, α) with torch's constants, in float64."""
+    return SELU_SCALE * elu_ref(x, SELU_ALPHA)
+
+
+def selu_grad_ref(x) -> np.ndarray:
+    return SELU_SCALE * elu_grad_ref(x, SELU_ALPHA)
+
+
+def elu_slope_from_output(y, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0):
+    """The slope an ELU-family output ``y`` (in its own dtype) implies: ``scale`` for y > 0,
+    else ``(y + scale·α)·input_scale`` (ELU: y + α; CELU: (y + α)/α; SELU: y + λα), in
+    float64 but with ``scale·α`` rounded to float32 unless y is float64, as the computation
+    holds it (half precision is computed in float32)."""
+    c = scale * alpha
+    if np.asarray(y).dtype != np.float64:
+        c = float(np.float32(c))
+    y = np.asarray(y).astype(np.float64)
+    return np.where(y > 0, scale, (y + c) * input_scale)

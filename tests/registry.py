@@ -17,6 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from helpers import (
+    SELU_ALPHA,
+    SELU_SCALE,
+    celu_grad_ref,
+    celu_ref,
+    elu_grad_ref,
+    elu_ref,
+    elu_slope_from_output,
     gelu_grad_ref,
     gelu_grad_scale,
     gelu_ref,
@@ -30,6 +37,8 @@ from helpers import (
     mish_grad_scale,
     mish_ref,
     mish_second_ref,
+    selu_grad_ref,
+    selu_ref,
     sigmoid_ref,
     silu_grad_ref,
     silu_grad_scale,
@@ -76,6 +85,14 @@ class Entry:
         minimal: For an output-saving activation, ``(forward, slope_from_output)`` of the
             ten-line custom_vjp a user would write by hand (``helpers.output_saving_vjp``):
             the memory tests and the benchmark's memory table hold ours to it.
+        output_slope: float64 NumPy ``y -> dy/dx`` for an activation whose slope is a
+            function of its output (the ELU family): the generic tests hold the ``"output"``
+            policy's gradient to the slope its own rounded output implies (issue 16: "within
+            1 ulp of the slope that output implies"), in ulps of that slope, and compare
+            ``"input"`` (the exact slope) with the peer.
+        second_from_output: With ``output_slope``: float64 ``y -> d²y/dx²`` as the
+            ``"output"`` policy's grad-of-grad computes it (the derivative of the slope it
+            rebuilds from ``y``), for the transforms tests.
         promotes_like: The function whose integer/bool promotion ``fn`` follows, if not
             ``peer`` (the machine promotes like ``jax.nn.softplus``; ``jax.nn.gelu`` turns
             bool into float32 even with x64).
@@ -100,6 +117,8 @@ class Entry:
     sweep_limit: float = 120.0
     monotone: bool = False
     minimal: tuple[Callable, Callable] | None = None
+    output_slope: Callable | None = None
+    second_from_output: Callable | None = None
     promotes_like: Callable | None = None
     checkpoint: str | None = None
 
@@ -334,6 +353,82 @@ ENTRIES = [
         naive=lambda x: x * jnp.tanh(jnp.log1p(jnp.exp(x))),  # NaN gradient once exp overflows
         peer=jax.nn.mish,
         layer=None,
+    ),
+    Entry(
+        name="elu",
+        fn=sl.elu,
+        residuals={"output": 1, "input": 1},
+        reference=elu_ref,
+        derivative=elu_grad_ref,
+        second_derivative=lambda x: np.where(np.asarray(x) > 0, 0.0, elu_grad_ref(x)),
+        output_slope=elu_slope_from_output,
+        second_from_output=lambda y: np.where(y > 0, 0.0, y + 1.0),
+        promotes_like=jax.nn.softplus,
+        # Measured max: see test_elu.py. Issue 16: forward <= 2 ulp in float32, the "output"
+        # slope within 1 ulp of the one its output implies.
+        ulps={
+            "float16": (0.51, 1.0),
+            "bfloat16": (0.51, 1.0),
+            "float32": (2.0, 2.0),
+            "float64": (2.0, 2.0),
+        },
+        naive=lambda x: jnp.where(x > 0, x, jnp.exp(x) - 1),  # grad NaN: inf * 0 for big x
+        peer=jax.nn.elu,
+        minimal=(lambda z: jnp.where(z > 0, z, jnp.expm1(z)), lambda y: jnp.where(y > 0, 1, y + 1)),
+        layer=None,
+        monotone=True,
+    ),
+    Entry(
+        name="celu",
+        fn=functools.partial(sl.celu, alpha=2.0),
+        residuals={"output": 1, "input": 1},
+        reference=functools.partial(celu_ref, alpha=2.0),
+        derivative=functools.partial(celu_grad_ref, alpha=2.0),
+        second_derivative=lambda x: np.where(
+            np.asarray(x) > 0, 0.0, celu_grad_ref(x, alpha=2.0) / 2.0
+        ),
+        output_slope=functools.partial(elu_slope_from_output, alpha=2.0, input_scale=0.5),
+        second_from_output=lambda y: np.where(y > 0, 0.0, (y + 2.0) / 4.0),
+        promotes_like=jax.nn.softplus,
+        ulps={
+            "float16": (0.51, 1.0),
+            "bfloat16": (0.51, 1.0),
+            "float32": (2.0, 2.0),
+            "float64": (3.0, 2.0),  # x/α's rounding: 3 ulp at x = -1.1e-7 (measured)
+        },
+        naive=lambda x: jnp.where(x > 0, x, 2.0 * (jnp.exp(x / 2.0) - 1)),
+        peer=functools.partial(jax.nn.celu, alpha=2.0),
+        minimal=(
+            lambda z: jnp.where(z > 0, z, 2.0 * jnp.expm1(z / 2.0)),
+            lambda y: jnp.where(y > 0, 1, (y + 2.0) / 2.0),
+        ),
+        layer=None,
+        monotone=True,
+    ),
+    Entry(
+        name="selu",
+        fn=sl.selu,
+        residuals={"output": 1, "input": 1},
+        reference=selu_ref,
+        derivative=selu_grad_ref,
+        second_derivative=lambda x: np.where(np.asarray(x) > 0, 0.0, selu_grad_ref(x)),
+        output_slope=functools.partial(elu_slope_from_output, alpha=SELU_ALPHA, scale=SELU_SCALE),
+        second_from_output=lambda y: np.where(y > 0, 0.0, y + SELU_SCALE * SELU_ALPHA),
+        promotes_like=jax.nn.softplus,
+        ulps={
+            "float16": (0.51, 1.0),
+            "bfloat16": (0.51, 1.0),
+            "float32": (2.0, 2.0),
+            "float64": (3.0, 3.0),  # 3 at x = -0.0696 and -113: the reference rounds twice too
+        },
+        naive=lambda x: SELU_SCALE * jnp.where(x > 0, x, SELU_ALPHA * (jnp.exp(x) - 1)),
+        peer=jax.nn.selu,
+        minimal=(
+            lambda z: SELU_SCALE * jnp.where(z > 0, z, SELU_ALPHA * jnp.expm1(z)),
+            lambda y: jnp.where(y > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA),
+        ),
+        layer=None,
+        monotone=True,
     ),
 ]
 

@@ -91,6 +91,10 @@ RANGES = {"softplus": _softplus_range, "log_sigmoid": _log_sigmoid_range, "xsin"
 @given(data=st.data())
 def test_finite_in_finite_out(entry, data):
     name, x = data.draw(inputs())
+    # Where the true value is beyond finfo.max (SELU's λx near it), inf is the right answer.
+    with np.errstate(all="ignore"):
+        over = np.abs(entry.reference(x.astype(np.float64))) > float(ml_dtypes.finfo(x.dtype).max)
+    x = np.where(over, np.zeros_like(x), x)
     residual = data.draw(st.sampled_from(list(entry.residuals)))
     mode = data.draw(st.sampled_from(["vjp", "jvp"]))
     y64, g64 = run(entry.fn, name, x, residual=residual, mode=mode)

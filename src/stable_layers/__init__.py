@@ -7,6 +7,9 @@ The functional kernels live here; the framework modules live in ``stable_layers.
 
 from ._activation import Activation as Activation
 from ._activation import custom_activation as custom_activation
+from ._elu import celu as celu
+from ._elu import elu as elu
+from ._elu import selu as selu
 from ._gelu import gelu as gelu
 from ._log_sigmoid import log_sigmoid as log_sigmoid
 from ._mish import mish as mish
@@ -21,11 +24,14 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Activation",
+    "celu",
     "custom_activation",
     "custom_vjp_with_extra_residual",
+    "elu",
     "gelu",
     "log_sigmoid",
     "mish",
+    "selu",
     "silu",
     "softplus",
     "softplus_inverse",
