@@ -15,6 +15,7 @@ registry entry with a layer, in each of its policies and modes.
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -475,6 +476,8 @@ PARAM_DTYPE = "param_dtype must be a floating dtype"
 MODE = "mode must be one of 'vjp', 'jvp'"
 OUTPUT_INPUT = "residual must be one of 'output', 'input'"
 XSIN_RESIDUALS = "residual must be one of 'derivative', 'input_and_sin', 'input'"
+BITS = "bits must be one of None, 1, 2, 4, 8"
+CODES = "keeps the slope as codes, so residual must be left out or 'derivative'"
 # (layer, kwargs, exception, message after "stable_layers.<framework>.<layer>: ")
 BAD_ARGUMENTS = [
     ("Softplus", dict(residual="outptu"), ValueError, f"{OUTPUT_INPUT}; got 'outptu'"),
@@ -497,6 +500,11 @@ BAD_ARGUMENTS = [
     ("XSin", dict(mode="fwd"), ValueError, f"{MODE}; got 'fwd'"),
     ("LogSigmoid", dict(residual="derivative"), ValueError, OUTPUT_INPUT),
     ("LogSigmoid", dict(mode="fwd"), ValueError, f"{MODE}; got 'fwd'"),
+    *[("XSin", dict(bits=b), ValueError, f"{BITS}; got {b!r}") for b in (0, 3, 16, True, 8.0)],
+    ("XSin", dict(bits=False), ValueError, f"{BITS}; got False"),
+    ("XSin", dict(bits=4, residual="input"), ValueError, f"bits=4 {CODES}; got residual='input'"),
+    ("XSin", dict(bits=1, residual="input_and_sin"), ValueError, f"bits=1 {CODES}"),
+    ("XSin", dict(bits=8, mode="jvp"), ValueError, r"bits=8 is for reverse mode .*got mode='jvp'"),
 ]  # fmt: skip
 
 
@@ -510,6 +518,29 @@ def test_bad_arguments_fail_at_construction(fw, cls, kwargs, exc, match):
 def test_nnx_bad_dtype_fails_at_construction():
     with pytest.raises(ValueError, match=r"nnx\.Softplus: dtype must be a floating dtype .*int8"):
         sl_nnx.Softplus(dtype=jnp.int8)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_layers_without_parameters_take_their_functions_options(fw):
+    """A factory-made layer's constructor is its function's signature less x: the same
+    names, kinds and defaults; the options are kept on the layer as given."""
+    for name, fn in [("XSin", sl.xsin), ("LogSigmoid", sl.log_sigmoid)]:
+        cls = getattr(fw.module, name)
+        expected = list(inspect.signature(fn).parameters.values())[1:]
+        got = [
+            p
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name not in ("self", "parent", "name")  # linen's own fields
+        ]
+        assert [(p.name, p.kind, p.default) for p in got] == [
+            (p.name, p.kind, p.default) for p in expected
+        ], name
+        assert f":func:`stable_layers.{fn.__name__}`" in cls.__doc__
+        assert cls.__module__ == fw.module.__name__ and cls.__qualname__ == name
+    m = fw.module.XSin(bits=4, residual="derivative")
+    assert (m.bits, m.residual, m.mode) == (4, "derivative", "vjp")
+    with pytest.raises(TypeError):
+        fw.module.LogSigmoid(bits=4)  # log_sigmoid keeps its output: it has no codes
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
@@ -645,6 +676,20 @@ def test_layers_agree_in_bfloat16(entry):
     for name, (y, gx, _) in results.items():
         assert y.dtype == BF16 and gx.dtype == BF16, name
     assert_all_identical(results)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_xsin_with_bits_agrees_with_the_function(bits):
+    x, w = inputs(F32)
+    for residual in ({}, {"residual": "derivative"}):
+        funcs = impls(
+            "XSin", (), dict(bits=bits, **residual), lambda p, x: sl.xsin(x, bits=bits), x
+        )
+        assert_all_identical(all_outputs_and_grads(funcs, x, {}, w))
+    # The codes are what the backward pass keeps: the gradient is not the exact one.
+    exact = jax.grad(lambda x: jnp.sum(w * sl.xsin(x)))(x)
+    coded = jax.grad(lambda x: jnp.sum(w * sl.xsin(x, bits=bits)))(x)
+    assert not np.array_equal(exact, coded)
 
 
 def test_jvp_mode_hessians_agree_across_frameworks():

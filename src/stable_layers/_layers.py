@@ -1,9 +1,14 @@
-"""Shared by the Equinox, linen and nnx layers: option checks and the learnable-β parameter.
+"""Shared by the Equinox, linen and nnx layers: layers from declarations, and learnable β.
 
-No kernel math lives here: every layer calls its kernel (:func:`stable_layers.softplus`,
-:func:`stable_layers.xsin`, :func:`stable_layers.log_sigmoid`). What is shared is how a layer
-checks its options against the kernel's choices and turns its stored parameter into the
-kernel's ``beta`` argument, so the three frameworks compute exactly the same thing.
+No kernel math lives here: every layer calls its kernel. What is shared is how a layer reads
+and checks its options and turns its stored parameter into the kernel's argument, so the
+three frameworks compute exactly the same thing.
+
+A parameterless activation's layer is made, not written: :class:`Elementwise` reads the
+function's signature (the options after ``x``, their defaults, which are positional) and its
+docstring, and each framework module turns that into a class with one small factory. A layer
+validates its options at construction exactly as its function does, by tracing the function
+once on a scalar (``jax.eval_shape``, nothing is computed); the error then names the layer.
 
 A learnable β is stored as ``log_beta`` (a scalar in ``param_dtype``) and used as
 ``beta = exp(log_beta)``, which is positive for every finite ``log_beta``: no gradient step can
@@ -13,7 +18,12 @@ kernel's β cotangent times ``dβ/dlog β = β``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import re
+import textwrap
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -73,10 +83,10 @@ def apply_softplus(
     x: Any,
     log_beta: jax.Array | None,
     *,
-    beta: float,
+    beta: float | jax.Array,
     threshold: float | None,
-    residual: str,
-    mode: str,
+    residual: Any,
+    mode: Any,
     dtype: Any = None,
 ) -> jax.Array:
     """Calls the softplus kernel with a layer's β: the static ``beta``, or ``exp(log_beta)``.
@@ -93,3 +103,127 @@ def apply_softplus(
     if log_beta is not None:
         beta = jnp.exp(log_beta).astype(x.dtype)
     return _softplus.softplus(x, beta=beta, threshold=threshold, residual=residual, mode=mode)
+
+
+# --------------------------------------------------------------------------------------
+# Layers made from an activation function's declaration.
+# --------------------------------------------------------------------------------------
+
+_ARGS = re.compile(r"^Args:\n(.*?)(?:\n\n\S|\Z)", re.M | re.S)
+_ARG = re.compile(r"^    (\w+): ", re.M)
+
+
+def _arg_docs(fn: Callable[..., Any]) -> dict[str, str]:
+    """The ``Args:`` entries of ``fn``'s Google-style docstring, by name, as written there
+    (first line ``    name: ...``, continuation lines indented by 8)."""
+    found = _ARGS.search(inspect.getdoc(fn) or "")
+    if found is None:
+        return {}
+    body = found.group(1)
+    starts = [m.start() for m in _ARG.finditer(body)] + [len(body)]
+    entries = [body[i:j].rstrip() for i, j in zip(starts, starts[1:])]
+    return {e.split(":", 1)[0].strip(): e for e in entries}
+
+
+class Elementwise:
+    """A parameterless activation's layer, read from its function ``fn(x, <options>)``.
+
+    Attributes:
+        fn: The public function (it carries its checkpoint ``name``).
+        layer: The layer's full name, ``stable_layers.<framework>.<Name>``, for errors.
+        signature: The layer's constructor signature: the function's, less ``x``.
+        options: The option names, in order.
+    """
+
+    def __init__(self, fn: Callable[..., jax.Array], layer: str):
+        self.fn = fn
+        self.layer = layer
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        for p in params:
+            kinds = (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if p.kind not in kinds or p.default is p.empty:
+                # A parameter without a default is learnable or required (snake's alpha):
+                # such a layer is written by hand.
+                raise TypeError(f"{layer}: {fn.__name__}'s option {p.name!r} has no default.")
+        self.signature = inspect.Signature(params)
+        self.options = tuple(p.name for p in params)
+
+    @property
+    def positional(self) -> tuple[inspect.Parameter, ...]:
+        return tuple(
+            p for p in self.signature.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD
+        )
+
+    @property
+    def keyword_only(self) -> tuple[inspect.Parameter, ...]:
+        return tuple(p for p in self.signature.parameters.values() if p.kind is p.KEYWORD_ONLY)
+
+    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The options a constructor call gives, defaults filled in (TypeError as for a call)."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{self.layer}: {err}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def check(self, options: dict[str, Any]) -> None:
+        """Raises what ``fn(x, **options)`` raises for its options, naming the layer.
+
+        The function is traced once on a scalar of the default float dtype (no computation),
+        so the layer accepts exactly what the function accepts (``bits`` with ``residual``,
+        ``alpha``'s range), with the same messages.
+        """
+        x = jax.ShapeDtypeStruct((), jnp.result_type(float))
+        try:
+            jax.eval_shape(functools.partial(self.fn, **options), x)
+        except (TypeError, ValueError) as err:
+            msg = str(err)
+            name = getattr(self.fn, "name", self.fn.__name__)
+            msg = msg.removeprefix(f"{name}: ") if msg.startswith(f"{name}: ") else msg
+            raise type(err)(f"{self.layer}: {msg}") from None
+
+    def __call__(self, x: Any, options: dict[str, Any]) -> jax.Array:
+        return self.fn(x, **options)
+
+    def doc(self, call: str) -> str:
+        """The layer's docstring: the function's summary and its options' own words.
+
+        ``call`` is how the framework calls a layer ``m`` on ``x`` (``"m(x)"``,
+        ``"m.apply({}, x)"``), for the example.
+        """
+        fn_doc = inspect.getdoc(self.fn) or self.fn.__name__
+        path = f"stable_layers.{self.fn.__name__}"
+        framework, name = self.layer.split(".")[-2:]
+        args = _arg_docs(self.fn)
+        arg_lines = "\n".join(
+            textwrap.indent(args.get(o, f"    {o}: As in :func:`{path}`."), "    ")
+            for o in self.options
+        )
+        plain = [p.replace(annotation=p.empty) for p in self.signature.parameters.values()]
+        signature = f"{name}{inspect.Signature(plain)}"
+        example = call.replace("m", f"{name}()", 1)
+        return f"""The layer form of :func:`{path}`: {fn_doc.splitlines()[0]}
+
+    ``{signature}``
+
+    The options and defaults of :func:`{path}`, stored on the layer, which calls the
+    function with them: see there for the math, the guarantees and the dtype rules (bfloat16
+    in, bfloat16 out). The layer holds no arrays and no math of its own; it checks its
+    options when it is built, as the function checks them.
+
+    Args:
+{arg_lines}
+
+    Raises:
+        TypeError, ValueError: at construction, for an option the function rejects, naming
+            the layer, the option, the value and the choices.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import stable_layers as sl
+        >>> from stable_layers.{framework} import {name}
+        >>> x = jnp.linspace(-4.0, 4.0, 9)
+        >>> bool(jnp.array_equal({example}, sl.{self.fn.__name__}(x)))
+        True
+    """

@@ -1,9 +1,11 @@
-"""Equinox layers for the stable activations: ``Softplus``, ``XSin`` and ``LogSigmoid``.
+"""Equinox layers for the stable activations.
 
 Thin ``equinox.Module`` wrappers around the functional kernels: they hold the hyperparameters
 (static fields) and, for a learnable β, one scalar array, and call the kernel. Each
 ``__call__`` takes ``*, key=None`` so the layers drop into ``eqx.nn.Sequential``, and they work
-as ``eqx.nn.MLP(..., activation=Softplus())``.
+as ``eqx.nn.MLP(..., activation=Softplus())``. ``Softplus`` is written by hand for its
+learnable β; every parameterless activation's layer is made from its function by
+``_elementwise``, with the function's options and defaults.
 
 Requires Equinox: ``pip install "stable-layers[equinox]"``.
 """
@@ -11,7 +13,9 @@ Requires Equinox: ``pip install "stable-layers[equinox]"``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import types
+from collections.abc import Callable
+from typing import Any
 
 try:
     import equinox as eqx
@@ -25,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 from . import _layers, _log_sigmoid, _xsin
-from ._activation import Activation
 from ._checks import check_layer_beta
 
 __all__ = ["LogSigmoid", "Softplus", "XSin"]
@@ -142,77 +145,50 @@ class Softplus(eqx.Module):
         )
 
 
-class _Elementwise(eqx.Module):
-    """A layer without parameters: it stores ``residual`` and ``mode`` and calls its kernel."""
+def _elementwise(name: str, fn: Callable[..., jax.Array]) -> type[eqx.Module]:
+    """The Equinox layer of a parameterless activation, made from its function.
 
-    _activation: ClassVar[Activation]
+    Each option is a static field with the function's default (positional where the function
+    takes it positionally, keyword-only otherwise); ``__check_init__`` validates them as the
+    function does; ``__call__(x, *, key=None)`` calls the function.
+    """
+    spec = _layers.Elementwise(fn, f"{__name__}.{name}")
 
     def __check_init__(self):
-        _layers.check_options(
-            f"{__name__}.{type(self).__name__}", self._activation, self.residual, self.mode
-        )
+        spec.check(self._options())
+
+    def _options(self):
+        return {o: getattr(self, o) for o in spec.options}
 
     def __call__(self, x: Any, *, key: jax.Array | None = None) -> jax.Array:
         del key
-        return self._activation(x, residual=self.residual, mode=self.mode)
+        return spec(x, self._options())
+
+    def body(ns: dict[str, Any]) -> None:
+        annotations: dict[str, Any] = {}
+        for p in spec.positional:
+            annotations[p.name] = Any
+            ns[p.name] = eqx.field(static=True, default=p.default)
+        annotations["_"] = dataclasses.KW_ONLY
+        for p in spec.keyword_only:
+            annotations[p.name] = Any
+            ns[p.name] = eqx.field(static=True, default=p.default)
+        ns.update(
+            __annotations__=annotations,
+            __module__=__name__,
+            __qualname__=name,
+            __doc__=spec.doc("m(x)"),
+            __check_init__=__check_init__,
+            _options=_options,
+            __call__=__call__,
+        )
+
+    return types.new_class(name, (eqx.Module,), {}, body)
 
 
-class XSin(_Elementwise):
-    """The layer form of :func:`stable_layers.xsin`, ``x · sin(x)``, keeping one array.
-
-    See :func:`stable_layers.xsin` for the math, the residual policies and the dtype rules; the
-    layer holds no arrays and no math of its own.
-
-    Args:
-        residual: ``"derivative"`` (default), ``"input_and_sin"`` or ``"input"``.
-        mode: ``"vjp"`` (default) or ``"jvp"``.
-
-    Call args:
-        x: Array of any shape. key: ignored, so the layer fits ``eqx.nn.Sequential``.
-
-    Raises:
-        ValueError: at construction, for a bad ``residual`` or ``mode``.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from stable_layers.equinox import XSin
-        >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)
-        >>> print(XSin()(x))
-        [0.         0.84147096 1.8185948 ]
-        >>> print(jax.grad(lambda x: XSin(mode="jvp")(x).sum())(x))
-        [0.         1.3817732  0.07700372]
-    """
-
-    _activation = _xsin._rule
-    _: dataclasses.KW_ONLY
-    residual: str = eqx.field(static=True, default="derivative")
-    mode: str = eqx.field(static=True, default="vjp")
-
-
-class LogSigmoid(_Elementwise):
-    """The layer form of :func:`stable_layers.log_sigmoid`, ``log(sigmoid(x))``.
-
-    See :func:`stable_layers.log_sigmoid` for the math, the guarantees and the dtype rules; the
-    layer holds no arrays and no math of its own.
-
-    Args:
-        residual: ``"output"`` (default) or ``"input"``.
-        mode: ``"vjp"`` (default) or ``"jvp"``.
-
-    Call args:
-        x: Array of any shape. key: ignored, so the layer fits ``eqx.nn.Sequential``.
-
-    Raises:
-        ValueError: at construction, for a bad ``residual`` or ``mode``.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from stable_layers.equinox import LogSigmoid
-        >>> print(LogSigmoid()(jnp.array([-100.0, 0.0], jnp.float32)))
-        [-100.          -0.6931472]
-    """
-
-    _activation = _log_sigmoid._rule
-    _: dataclasses.KW_ONLY
-    residual: str = eqx.field(static=True, default="output")
-    mode: str = eqx.field(static=True, default="vjp")
+# Each docstring below is for static readers (the API pages); the class's own __doc__ is
+# built from its function's and lists the options.
+XSin = _elementwise("XSin", _xsin.xsin)
+"""The layer form of :func:`stable_layers.xsin`, with its options and defaults."""
+LogSigmoid = _elementwise("LogSigmoid", _log_sigmoid.log_sigmoid)
+"""The layer form of :func:`stable_layers.log_sigmoid`, with its options and defaults."""

@@ -1,8 +1,10 @@
-"""Flax linen layers for the stable activations: ``Softplus``, ``XSin`` and ``LogSigmoid``.
+"""Flax linen layers for the stable activations.
 
 Thin ``flax.linen.Module`` wrappers around the functional kernels: dataclass fields hold the
 hyperparameters, a learnable β is one parameter created with ``self.param``, and ``__call__``
 calls the kernel. They drop into ``flax.linen.Sequential`` or any ``@nn.compact`` method.
+``Softplus`` is written by hand for its learnable β; every parameterless activation's layer
+is made from its function by ``_elementwise``, with the function's options and defaults.
 
 Requires Flax: ``pip install "stable-layers[flax]"``.
 """
@@ -10,7 +12,9 @@ Requires Flax: ``pip install "stable-layers[flax]"``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import types
+from collections.abc import Callable
+from typing import Any
 
 try:
     import flax.linen as nn
@@ -24,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from . import _layers, _log_sigmoid, _xsin
-from ._activation import Activation
 
 __all__ = ["LogSigmoid", "Softplus", "XSin"]
 
@@ -119,71 +122,51 @@ class Softplus(nn.Module):
         )
 
 
-class _Elementwise(nn.Module):
-    """A layer without variables: it stores ``residual`` and ``mode`` and calls its kernel."""
+def _elementwise(name: str, fn: Callable[..., jax.Array]) -> type[nn.Module]:
+    """The linen layer of a parameterless activation, made from its function.
 
-    _activation: ClassVar[Activation]
+    Each option is a dataclass field with the function's default (positional where the
+    function takes it positionally, keyword-only otherwise); ``__post_init__`` validates them
+    as the function does, so a bad option fails where the layer is built, before ``init``;
+    ``__call__(x)`` calls the function. The layer has no variables.
+    """
+    spec = _layers.Elementwise(fn, f"{__name__}.{name}")
 
     def __post_init__(self):
-        _layers.check_options(
-            f"{__name__}.{type(self).__name__}", self._activation, self.residual, self.mode
-        )
-        super().__post_init__()
+        spec.check(self._options())
+        nn.Module.__post_init__(self)
+
+    def _options(self):
+        return {o: getattr(self, o) for o in spec.options}
 
     def __call__(self, x: Any) -> jax.Array:
-        return self._activation(x, residual=self.residual, mode=self.mode)
+        return spec(x, self._options())
+
+    def body(ns: dict[str, Any]) -> None:
+        annotations: dict[str, Any] = {}
+        for p in spec.positional:
+            annotations[p.name] = Any
+            ns[p.name] = p.default
+        annotations["_"] = dataclasses.KW_ONLY
+        for p in spec.keyword_only:
+            annotations[p.name] = Any
+            ns[p.name] = p.default
+        ns.update(
+            __annotations__=annotations,
+            __module__=__name__,
+            __qualname__=name,
+            __doc__=spec.doc("m.apply({}, x)"),
+            __post_init__=__post_init__,
+            _options=_options,
+            __call__=__call__,
+        )
+
+    return types.new_class(name, (nn.Module,), {}, body)
 
 
-class XSin(_Elementwise):
-    """The layer form of :func:`stable_layers.xsin`, ``x · sin(x)``, keeping one array.
-
-    See :func:`stable_layers.xsin` for the math, the residual policies and the dtype rules; the
-    layer has no variables and no math of its own.
-
-    Attributes:
-        residual: ``"derivative"`` (default), ``"input_and_sin"`` or ``"input"`` (keyword-only).
-        mode: ``"vjp"`` (default) or ``"jvp"`` (keyword-only).
-
-    Raises:
-        ValueError: when the layer is constructed, for a bad ``residual`` or ``mode``.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from stable_layers.linen import XSin
-        >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)
-        >>> print(XSin().apply({}, x))
-        [0.         0.84147096 1.8185948 ]
-        >>> print(jax.grad(lambda x: XSin(mode="jvp").apply({}, x).sum())(x))
-        [0.         1.3817732  0.07700372]
-    """
-
-    _activation = staticmethod(_xsin._rule)
-    _: dataclasses.KW_ONLY
-    residual: str = "derivative"
-    mode: str = "vjp"
-
-
-class LogSigmoid(_Elementwise):
-    """The layer form of :func:`stable_layers.log_sigmoid`, ``log(sigmoid(x))``.
-
-    See :func:`stable_layers.log_sigmoid` for the math, the guarantees and the dtype rules; the
-    layer has no variables and no math of its own.
-
-    Attributes:
-        residual: ``"output"`` (default) or ``"input"`` (keyword-only).
-        mode: ``"vjp"`` (default) or ``"jvp"`` (keyword-only).
-
-    Raises:
-        ValueError: when the layer is constructed, for a bad ``residual`` or ``mode``.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from stable_layers.linen import LogSigmoid
-        >>> print(LogSigmoid().apply({}, jnp.array([-100.0, 0.0], jnp.float32)))
-        [-100.          -0.6931472]
-    """
-
-    _activation = staticmethod(_log_sigmoid._rule)
-    _: dataclasses.KW_ONLY
-    residual: str = "output"
-    mode: str = "vjp"
+# Each docstring below is for static readers (the API pages); the class's own __doc__ is
+# built from its function's and lists the options.
+XSin = _elementwise("XSin", _xsin.xsin)
+"""The layer form of :func:`stable_layers.xsin`, with its options and defaults."""
+LogSigmoid = _elementwise("LogSigmoid", _log_sigmoid.log_sigmoid)
+"""The layer form of :func:`stable_layers.log_sigmoid`, with its options and defaults."""

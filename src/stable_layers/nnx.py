@@ -1,15 +1,20 @@
-"""Flax nnx layers for the stable activations: ``Softplus``, ``XSin`` and ``LogSigmoid``.
+"""Flax nnx layers for the stable activations.
 
 Thin ``flax.nnx.Module`` wrappers around the functional kernels: plain attributes hold the
 hyperparameters, a learnable β is one ``nnx.Param``, and ``__call__`` calls the kernel. They
-need no ``rngs`` and drop into ``nnx.Sequential``.
+need no ``rngs`` and drop into ``nnx.Sequential``. ``Softplus`` is written by hand for its
+learnable β; every parameterless activation's layer is made from its function by
+``_elementwise``, with the function's options and defaults.
 
 Requires Flax: ``pip install "stable-layers[flax]"``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
 
 try:
     from flax import nnx
@@ -23,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from . import _layers, _log_sigmoid, _xsin
-from ._activation import Activation
 from ._checks import check_float_dtype
 
 __all__ = ["LogSigmoid", "Softplus", "XSin"]
@@ -122,65 +126,44 @@ class Softplus(nnx.Module):
         )
 
 
-class _Elementwise(nnx.Module):
-    """A layer without state: it stores ``residual`` and ``mode`` and calls its kernel."""
+def _elementwise(name: str, fn: Callable[..., jax.Array]) -> type[nnx.Module]:
+    """The nnx layer of a parameterless activation, made from its function.
 
-    _activation: ClassVar[Activation]
+    ``__init__`` takes the function's options with its defaults (its signature, less ``x``),
+    validates them as the function does and keeps them as plain attributes; ``__call__(x)``
+    calls the function. The layer has no state and needs no ``rngs``.
+    """
+    spec = _layers.Elementwise(fn, f"{__name__}.{name}")
 
-    def __init__(self, *, residual: str | None = None, mode: str = "vjp"):
-        residual = self._activation.residuals[0] if residual is None else residual
-        _layers.check_options(f"{__name__}.{type(self).__name__}", self._activation, residual, mode)
-        self.residual = residual
-        self.mode = mode
+    def __init__(self, *args: Any, **kwargs: Any):
+        options = spec.bind(*args, **kwargs)
+        spec.check(options)
+        for option, value in options.items():
+            setattr(self, option, value)
+
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = spec.signature.replace(  # type: ignore[attr-defined]
+        parameters=[self_param, *spec.signature.parameters.values()]
+    )
 
     def __call__(self, x: Any) -> jax.Array:
-        return self._activation(x, residual=self.residual, mode=self.mode)
+        return spec(x, {o: getattr(self, o) for o in spec.options})
+
+    def body(ns: dict[str, Any]) -> None:
+        ns.update(
+            __module__=__name__,
+            __qualname__=name,
+            __doc__=spec.doc("m(x)"),
+            __init__=__init__,
+            __call__=__call__,
+        )
+
+    return types.new_class(name, (nnx.Module,), {}, body)
 
 
-class XSin(_Elementwise):
-    """The layer form of :func:`stable_layers.xsin`, ``x · sin(x)``, keeping one array.
-
-    See :func:`stable_layers.xsin` for the math, the residual policies and the dtype rules; the
-    layer has no state and no math of its own.
-
-    Args:
-        residual: ``"derivative"`` (default), ``"input_and_sin"`` or ``"input"``.
-        mode: ``"vjp"`` (default) or ``"jvp"``.
-
-    Raises:
-        ValueError: in ``__init__``, for a bad ``residual`` or ``mode``.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from stable_layers.nnx import XSin
-        >>> x = jnp.array([0.0, 1.0, 2.0], jnp.float32)
-        >>> print(XSin()(x))
-        [0.         0.84147096 1.8185948 ]
-        >>> print(jax.grad(lambda x: XSin(mode="jvp")(x).sum())(x))
-        [0.         1.3817732  0.07700372]
-    """
-
-    _activation = _xsin._rule
-
-
-class LogSigmoid(_Elementwise):
-    """The layer form of :func:`stable_layers.log_sigmoid`, ``log(sigmoid(x))``.
-
-    See :func:`stable_layers.log_sigmoid` for the math, the guarantees and the dtype rules; the
-    layer has no state and no math of its own.
-
-    Args:
-        residual: ``"output"`` (default) or ``"input"``.
-        mode: ``"vjp"`` (default) or ``"jvp"``.
-
-    Raises:
-        ValueError: in ``__init__``, for a bad ``residual`` or ``mode``.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from stable_layers.nnx import LogSigmoid
-        >>> print(LogSigmoid()(jnp.array([-100.0, 0.0], jnp.float32)))
-        [-100.          -0.6931472]
-    """
-
-    _activation = _log_sigmoid._rule
+# Each docstring below is for static readers (the API pages); the class's own __doc__ is
+# built from its function's and lists the options.
+XSin = _elementwise("XSin", _xsin.xsin)
+"""The layer form of :func:`stable_layers.xsin`, with its options and defaults."""
+LogSigmoid = _elementwise("LogSigmoid", _log_sigmoid.log_sigmoid)
+"""The layer form of :func:`stable_layers.log_sigmoid`, with its options and defaults."""
