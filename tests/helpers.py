@@ -500,3 +500,47 @@ def elu_slope_from_output(y, alpha: float = 1.0, scale: float = 1.0, input_scale
         c = float(np.float32(c))
     y = np.asarray(y).astype(np.float64)
     return np.where(y > 0, scale, (y + c) * input_scale)
+
+
+def snake_ref(x, alpha: float) -> np.ndarray:
+    """x + sin²(αx)/α in float64 (x at α = 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    if alpha == 0:
+        return x.copy()
+    with np.errstate(invalid="ignore"):
+        y = x + np.sin(alpha * x) ** 2 / alpha
+    return np.where(np.isinf(x), x, y)  # x + a bounded term: ±inf at ±inf
+
+
+def snake_grad_ref(x, alpha: float) -> np.ndarray:
+    """1 + sin(2αx)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return 1 + np.sin(2 * alpha * x)
+
+
+def snake_value_scale(x, alpha: float) -> np.ndarray:
+    """|x| + sin²(αx)/|α|: the size of the value's two terms (they cancel for αx < 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.abs(x) + (0 if alpha == 0 else np.sin(alpha * x) ** 2 / abs(alpha))
+
+
+def snake_grad_scale(x, alpha: float) -> np.ndarray:
+    """1 + |sin(2αx)|: the size of the slope's terms (it reaches 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return 1 + np.abs(np.sin(2 * alpha * x))
+
+
+def snake_alpha_grad_ref(x, alpha) -> tuple[np.ndarray, np.ndarray]:
+    """(d/dα, its terms' size) of x + sin²(αx)/α in float64: x²(sin 2s/s - sin²s/s²) and
+    x²(|sin 2s|/|s| + sin²s/s²), s = αx (x² and 0 at s = 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = np.asarray(alpha, dtype=np.float64) * x
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zero = s == 0
+        sd = np.where(zero, 1.0, s)
+        a = np.where(zero, 2.0, np.sin(2 * s) / sd)
+        b = np.where(zero, 1.0, (np.sin(s) / sd) ** 2)
+    return x * x * (a - b), x * x * (np.abs(a) + b)

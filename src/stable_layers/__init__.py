@@ -14,6 +14,7 @@ from ._gelu import gelu as gelu
 from ._log_sigmoid import log_sigmoid as log_sigmoid
 from ._mish import mish as mish
 from ._silu import silu as silu
+from ._snake import snake as snake
 from ._softplus import softplus as softplus
 from ._softplus import stable_log1pexp as stable_log1pexp
 from ._softplus_inverse import softplus_inverse as softplus_inverse
@@ -33,6 +34,7 @@ __all__ = [
     "mish",
     "selu",
     "silu",
+    "snake",
     "softplus",
     "softplus_inverse",
     "stable_log1pexp",
