@@ -68,8 +68,9 @@ DEFAULT_BATCH = 128
 DEFAULT_LR = 1e-3
 # CPU has no device memory limit to read: a fixed budget, large enough that the parameters
 # and Adam's state (6.5 MB at the default sizes, counted twice: in and out) are a small part
-# of it, so the largest batches compare the activations' per-example memory.
-CPU_BUDGET_MIB = 64
+# of it, as a small model's are of an accelerator's memory, so the largest batches compare
+# the activations' per-example memory. The batch does not change the compile time.
+CPU_BUDGET_MIB = 256
 # On GPU and TPU the default budget is the device's bytes_limit less this fraction: XLA's
 # memory_analysis() leaves out what the runtime needs beside the executable (cuBLAS/cuDNN
 # workspaces, fragmentation, other live arrays).
@@ -150,9 +151,9 @@ def _activation_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))  # in the order given, each once
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, framework: str = "Equinox") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="The largest batch whose Equinox train step fits a memory budget, per "
+        description=f"The largest batch whose {framework} train step fits a memory budget, per "
         "activation, then the same training at one common batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -222,8 +223,17 @@ def default_budget_bytes(device: jax.Device) -> tuple[int, str]:
 # --------------------------------------------------------------------------------------
 
 
+class Rows(eqx.Module):
+    """An Equinox layer (which maps one example) applied to every row of a batch."""
+
+    layer: eqx.Module
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        return jax.vmap(self.layer)(x)
+
+
 class Block(eqx.Module):
-    """``x + W2·act(W1·LayerNorm(x))``, a transformer's MLP block."""
+    """``x + W2·act(W1·LayerNorm(x))``, a transformer's MLP block, on a batch of rows."""
 
     norm: eqx.nn.LayerNorm
     up: eqx.nn.Linear
@@ -231,7 +241,12 @@ class Block(eqx.Module):
     act: Callable[[jax.Array], jax.Array] = eqx.field(static=True)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        return x + self.down(self.act(self.up(self.norm(x))))
+        h = jax.vmap(lambda row: self.up(self.norm(row)))(x)
+        # The activation sees the whole (batch, hidden) array, as in a transformer block's
+        # (batch, sequence, hidden) one, rather than one row at a time under vmap: slope codes
+        # (bits=) then take one range per call. Under vmap they take one per row, which today
+        # costs more memory than it saves (examples/README.md, "How much bigger fits").
+        return x + jax.vmap(self.down)(self.act(h))
 
 
 def make_model(args: argparse.Namespace, act, key: jax.Array) -> eqx.nn.Sequential:
@@ -239,7 +254,7 @@ def make_model(args: argparse.Namespace, act, key: jax.Array) -> eqx.nn.Sequenti
     width, hidden = args.width, args.width * args.expansion
     data = args.data
     k_embed, k_head, *ks = jax.random.split(key, 2 + 2 * args.depth)
-    layers = [eqx.nn.Linear(data.num_features, width, key=k_embed)]
+    layers = [Rows(eqx.nn.Linear(data.num_features, width, key=k_embed))]
     for k1, k2 in zip(ks[::2], ks[1::2], strict=True):
         layers.append(
             Block(
@@ -249,25 +264,44 @@ def make_model(args: argparse.Namespace, act, key: jax.Array) -> eqx.nn.Sequenti
                 act,
             )
         )
-    layers += [eqx.nn.LayerNorm(width), eqx.nn.Linear(width, data.num_classes, key=k_head)]
+    layers += [
+        Rows(eqx.nn.LayerNorm(width)),
+        Rows(eqx.nn.Linear(width, data.num_classes, key=k_head)),
+    ]
     return eqx.nn.Sequential(layers)
 
 
+Build = Callable[
+    [Callable[[jax.Array], jax.Array], argparse.Namespace],
+    tuple[object, Callable[[object, jax.Array], jax.Array]],
+]
+
+
+def build_equinox(act, args: argparse.Namespace):
+    """The model's float32 parameters (a pytree) and ``logits(params, x)``."""
+    # The same key for every activation: the same initial parameters.
+    model = make_model(args, act, jax.random.key(args.seed))
+    params, static = eqx.partition(model, eqx.is_array)
+    dtype = args.compute_dtype
+
+    def logits(params, x):
+        # Mixed precision: float32 parameters cast (differentiably) to the compute dtype.
+        cast = jax.tree.map(lambda a: a.astype(dtype), params)
+        return eqx.combine(cast, static)(x.astype(dtype))
+
+    return params, logits
+
+
 class Step:
-    """One activation's train step, with a compile per batch size (each kept for reuse)."""
+    """One activation's train step, with a compile per batch size (each kept for reuse).
 
-    def __init__(self, activation: str, args: argparse.Namespace, keep: int):
-        act = ACTIVATIONS[activation][2]()
-        # The same key for every activation: the same initial parameters.
-        model = make_model(args, act, jax.random.key(args.seed))
-        params, static = eqx.partition(model, eqx.is_array)
+    ``build(act, args)`` returns the model's parameters and ``logits(params, x)``: the one
+    part that depends on the framework.
+    """
+
+    def __init__(self, activation: str, args: argparse.Namespace, keep: int, build: Build):
+        params, logits = build(ACTIVATIONS[activation][2](), args)
         optimizer = optax.adam(args.lr)
-        dtype = args.compute_dtype
-
-        def logits(params, x):
-            # Mixed precision: float32 parameters cast (differentiably) to the compute dtype.
-            cast = jax.tree.map(lambda a: a.astype(dtype), params)
-            return jax.vmap(eqx.combine(cast, static))(x.astype(dtype))
 
         def step(state, x, y):
             params, opt_state = state
@@ -463,8 +497,10 @@ def plot(metrics: dict, path: Path, title: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(
+    argv: list[str] | None = None, build: Build = build_equinox, framework: str = "Equinox"
+) -> dict:
+    args = parse_args(argv, framework)
     start = time.perf_counter()
     device = jax.devices()[0]
     print(f"backend: {jax.default_backend()}, device: {device}")
@@ -482,7 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     def search(name: str) -> tuple[Step, dict]:
-        step = Step(name, args, keep=args.batch_size)
+        step = Step(name, args, keep=args.batch_size, build=build)
         n, tried = largest_batch(step.step_bytes, budget, args.batch_size)
         if n == 0:
             raise SystemExit(
@@ -544,7 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open(args.out / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2, allow_nan=False)
     title = (
-        f"Equinox, {args.depth} residual MLP blocks (width {args.width}, hidden "
+        f"{framework}, {args.depth} residual MLP blocks (width {args.width}, hidden "
         f"{args.width * args.expansion}), {args.dtype}, {jax.default_backend()}"
     )
     plot(metrics, args.out / "budget.png", title)
