@@ -7,11 +7,13 @@ tests/test_docs.py runs a whole page. Each snippet asserts its own claims (what
 ``print_saved_residuals`` lists, the temp memory a policy costs, the matmuls it recomputes,
 the offloaded gradient); the tests here check that each ran, that the figures the guide's
 tables quote are what the snippets printed, and that the offload snippet's skip on CPU is
-printed, not silent.
+printed, not silent. Then, in process: every public activation's ``.name`` is its checkpoint
+name and drives a policy.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -19,7 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
+from helpers import saved_residuals
+
+import stable_layers as sl
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "memory.md"
@@ -145,3 +152,44 @@ def test_the_forward_count_table_is_what_the_snippet_counted(ran):
     # in the compiled program.
     assert all(n[0] == 1 and n[2] == 1 and n[3] == 1 for n in counted.values())
     assert counted["jax.checkpoint, derivative"][1] == 2
+
+
+# ----------------------------------------------------------------------------------------
+# Every public activation's .name drives a policy: in process, with the registry-free list of
+# public functions, so a new activation is covered the day it is exported.
+# ----------------------------------------------------------------------------------------
+
+NAMED = [n for n in sl.__all__ if hasattr(getattr(sl, n), "name") and n != "Activation"]
+# Required arguments beyond x (snake's alpha), as Python floats: compile-time constants.
+EXTRA = {"snake": {"alpha": 0.5}}
+
+
+def test_every_public_activation_has_its_checkpoint_name():
+    assert {"softplus", "log_sigmoid", "xsin", "gelu", "silu"} <= set(NAMED)
+    for name in NAMED:
+        assert getattr(sl, name).name == f"stable_layers.{name}"
+    made = sl.custom_activation(jnp.tanh, derivative=lambda x: 1 - jnp.tanh(x) ** 2, name="my.t")
+    assert made.name == "my.t"
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_save_only_the_name_keeps_what_the_activation_keeps(name):
+    """Under save_only_these_names(fn.name), a checkpointed call keeps the arrays the rule
+    keeps without remat (the same count, x's shape), and a policy naming nothing keeps none."""
+    fn = getattr(sl, name)
+    params = inspect.signature(fn).parameters
+    extra = {k: v for k, v in EXTRA.get(name, {}).items() if k in params}
+    x = jnp.linspace(0.5, 3.0, 64, dtype=jnp.float32).reshape(8, 8)
+
+    def f(x):
+        return jnp.sum(fn(jnp.sin(x), **extra) ** 2)
+
+    def kept(g):
+        return [a for a, d in saved_residuals(g, x) if a.shape == x.shape and "argument" not in d]
+
+    plain = len(kept(lambda x: jnp.sum(fn(x, **extra))))
+    ours = jax.checkpoint(f, policy=jax.checkpoint_policies.save_only_these_names(fn.name))
+    other = jax.checkpoint(f, policy=jax.checkpoint_policies.save_only_these_names("other"))
+    assert plain >= 1
+    assert len(kept(ours)) == plain, (name, kept(ours))
+    assert kept(other) == []
