@@ -146,6 +146,18 @@ class Nnx:
 
 FRAMEWORKS = [pytest.param(fw, id=fw.name) for fw in (Equinox(), Linen(), Nnx())]
 
+# The layers each framework makes from a function (no class written by hand).
+FROM_FUNCTIONS = [
+    ("XSin", sl.xsin),
+    ("LogSigmoid", sl.log_sigmoid),
+    ("SiLU", sl.silu),
+    ("GELU", sl.gelu),
+    ("Mish", sl.mish),
+    ("ELU", sl.elu),
+    ("CELU", sl.celu),
+    ("SELU", sl.selu),
+]
+
 
 def to_f64(tree):
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
@@ -177,8 +189,8 @@ def test_no_arrays_unless_learnable(fw):
     layers = [
         fw.module.Softplus(),
         fw.module.Softplus(2.0, 30.0, residual="input", mode="jvp"),
-        fw.module.XSin(),
-        fw.module.LogSigmoid(),
+        *(getattr(fw.module, name)() for name, _ in FROM_FUNCTIONS),
+        fw.module.ELU(2.0, residual="input", mode="jvp"),
     ]
     for m in layers:
         assert fw.arrays(m, x) == [], m
@@ -477,6 +489,7 @@ MODE = "mode must be one of 'vjp', 'jvp'"
 OUTPUT_INPUT = "residual must be one of 'output', 'input'"
 XSIN_RESIDUALS = "residual must be one of 'derivative', 'input_and_sin', 'input'"
 BITS = "bits must be one of None, 1, 2, 4, 8"
+ALPHA = "alpha must be a positive finite number"
 CODES = "keeps the slope as codes, so residual must be left out or 'derivative'"
 # (layer, kwargs, exception, message after "stable_layers.<framework>.<layer>: ")
 BAD_ARGUMENTS = [
@@ -505,6 +518,19 @@ BAD_ARGUMENTS = [
     ("XSin", dict(bits=4, residual="input"), ValueError, f"bits=4 {CODES}; got residual='input'"),
     ("XSin", dict(bits=1, residual="input_and_sin"), ValueError, f"bits=1 {CODES}"),
     ("XSin", dict(bits=8, mode="jvp"), ValueError, r"bits=8 is for reverse mode .*got mode='jvp'"),
+    ("SiLU", dict(bits=3), ValueError, f"{BITS}; got 3"),
+    ("SiLU", dict(residual="output"), ValueError, "residual must be one of 'input', 'derivative'"),
+    ("GELU", dict(approximate="yes"), TypeError, "approximate must be True or False; got 'yes'"),
+    ("GELU", dict(bits=2, residual="input"), ValueError, f"bits=2 {CODES}; got residual='input'"),
+    ("Mish", dict(bits=4, mode="jvp"), ValueError, r"bits=4 is for reverse mode .*got mode='jvp'"),
+    ("Mish", dict(mode="rev"), ValueError, f"{MODE}; got 'rev'"),
+    *[("ELU", dict(alpha=a), ValueError, f"{ALPHA}; got {a!r}") for a in (0.0, -1.0, float("nan"))],
+    ("ELU", dict(alpha=float("inf")), ValueError, f"{ALPHA}; got inf"),
+    ("ELU", dict(alpha="1"), TypeError, "alpha must be a positive finite Python number"),
+    ("ELU", dict(alpha=jnp.array(1.0)), TypeError, "alpha must be a positive finite Python number"),
+    ("CELU", dict(alpha=-2.0), ValueError, f"{ALPHA}; got -2.0"),
+    ("CELU", dict(residual="derivative"), ValueError, f"{OUTPUT_INPUT}; got 'derivative'"),
+    ("SELU", dict(mode="fwd"), ValueError, f"{MODE}; got 'fwd'"),
 ]  # fmt: skip
 
 
@@ -524,7 +550,7 @@ def test_nnx_bad_dtype_fails_at_construction():
 def test_layers_without_parameters_take_their_functions_options(fw):
     """A factory-made layer's constructor is its function's signature less x: the same
     names, kinds and defaults; the options are kept on the layer as given."""
-    for name, fn in [("XSin", sl.xsin), ("LogSigmoid", sl.log_sigmoid)]:
+    for name, fn in FROM_FUNCTIONS:
         cls = getattr(fw.module, name)
         expected = list(inspect.signature(fn).parameters.values())[1:]
         got = [
@@ -541,6 +567,12 @@ def test_layers_without_parameters_take_their_functions_options(fw):
     assert (m.bits, m.residual, m.mode) == (4, "derivative", "vjp")
     with pytest.raises(TypeError):
         fw.module.LogSigmoid(bits=4)  # log_sigmoid keeps its output: it has no codes
+    with pytest.raises(TypeError):
+        fw.module.SELU(1.0)  # selu's α is a constant, not an option
+    x = jnp.linspace(-3.0, 3.0, 13, dtype=F32)
+    m = fw.module.ELU(0.5)  # positional, as in elu(x, 0.5)
+    assert m.alpha == 0.5
+    np.testing.assert_array_equal(fw.split(m, x)[1]({}, x), sl.elu(x, 0.5))
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
@@ -678,17 +710,20 @@ def test_layers_agree_in_bfloat16(entry):
     assert_all_identical(results)
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_xsin_with_bits_agrees_with_the_function(bits):
+CODES_CASES = [("XSin", sl.xsin, b) for b in (1, 2, 4, 8)] + [
+    (name, fn, 4) for name, fn in FROM_FUNCTIONS if name in ("SiLU", "GELU", "Mish")
+]
+
+
+@pytest.mark.parametrize("cls, fn, bits", CODES_CASES, ids=lambda v: getattr(v, "__name__", v))
+def test_layers_with_bits_agree_with_the_function(cls, fn, bits):
     x, w = inputs(F32)
     for residual in ({}, {"residual": "derivative"}):
-        funcs = impls(
-            "XSin", (), dict(bits=bits, **residual), lambda p, x: sl.xsin(x, bits=bits), x
-        )
+        funcs = impls(cls, (), dict(bits=bits, **residual), lambda p, x: fn(x, bits=bits), x)
         assert_all_identical(all_outputs_and_grads(funcs, x, {}, w))
     # The codes are what the backward pass keeps: the gradient is not the exact one.
-    exact = jax.grad(lambda x: jnp.sum(w * sl.xsin(x)))(x)
-    coded = jax.grad(lambda x: jnp.sum(w * sl.xsin(x, bits=bits)))(x)
+    exact = jax.grad(lambda x: jnp.sum(w * fn(x)))(x)
+    coded = jax.grad(lambda x: jnp.sum(w * fn(x, bits=bits)))(x)
     assert not np.array_equal(exact, coded)
 
 

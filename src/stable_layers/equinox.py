@@ -12,7 +12,7 @@ Requires Equinox: ``pip install "stable-layers[equinox]"``.
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -28,10 +28,10 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers, _log_sigmoid, _xsin
+from . import _elu, _gelu, _layers, _log_sigmoid, _mish, _silu, _xsin
 from ._checks import check_layer_beta
 
-__all__ = ["LogSigmoid", "Softplus", "XSin"]
+__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.equinox.Softplus"
 
@@ -148,38 +148,36 @@ class Softplus(eqx.Module):
 def _elementwise(name: str, fn: Callable[..., jax.Array]) -> type[eqx.Module]:
     """The Equinox layer of a parameterless activation, made from its function.
 
-    Each option is a static field with the function's default (positional where the function
-    takes it positionally, keyword-only otherwise); ``__check_init__`` validates them as the
-    function does; ``__call__(x, *, key=None)`` calls the function.
+    ``__init__`` takes the function's options with its defaults (its signature, less ``x``),
+    validates them as the function does, before they are stored (an array in a static field
+    would only warn), and keeps them as static fields; ``__call__(x, *, key=None)`` calls the
+    function.
     """
     spec = _layers.Elementwise(fn, f"{__name__}.{name}")
 
-    def __check_init__(self):
-        spec.check(self._options())
+    def __init__(self, *args: Any, **kwargs: Any):
+        options = spec.bind(*args, **kwargs)
+        spec.check(options)
+        for option, value in options.items():
+            setattr(self, option, value)
 
-    def _options(self):
-        return {o: getattr(self, o) for o in spec.options}
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = spec.signature.replace(  # type: ignore[attr-defined]
+        parameters=[self_param, *spec.signature.parameters.values()]
+    )
 
     def __call__(self, x: Any, *, key: jax.Array | None = None) -> jax.Array:
         del key
-        return spec(x, self._options())
+        return spec(x, {o: getattr(self, o) for o in spec.options})
 
     def body(ns: dict[str, Any]) -> None:
-        annotations: dict[str, Any] = {}
-        for p in spec.positional:
-            annotations[p.name] = Any
-            ns[p.name] = eqx.field(static=True, default=p.default)
-        annotations["_"] = dataclasses.KW_ONLY
-        for p in spec.keyword_only:
-            annotations[p.name] = Any
-            ns[p.name] = eqx.field(static=True, default=p.default)
+        ns.update({o: eqx.field(static=True) for o in spec.options})
         ns.update(
-            __annotations__=annotations,
+            __annotations__=dict.fromkeys(spec.options, Any),
             __module__=__name__,
             __qualname__=name,
             __doc__=spec.doc("m(x)"),
-            __check_init__=__check_init__,
-            _options=_options,
+            __init__=__init__,
             __call__=__call__,
         )
 
@@ -192,3 +190,15 @@ XSin = _elementwise("XSin", _xsin.xsin)
 """The layer form of :func:`stable_layers.xsin`, with its options and defaults."""
 LogSigmoid = _elementwise("LogSigmoid", _log_sigmoid.log_sigmoid)
 """The layer form of :func:`stable_layers.log_sigmoid`, with its options and defaults."""
+SiLU = _elementwise("SiLU", _silu.silu)
+"""The layer form of :func:`stable_layers.silu`, with its options and defaults."""
+GELU = _elementwise("GELU", _gelu.gelu)
+"""The layer form of :func:`stable_layers.gelu`, with its options and defaults."""
+Mish = _elementwise("Mish", _mish.mish)
+"""The layer form of :func:`stable_layers.mish`, with its options and defaults."""
+ELU = _elementwise("ELU", _elu.elu)
+"""The layer form of :func:`stable_layers.elu`, with its options and defaults."""
+CELU = _elementwise("CELU", _elu.celu)
+"""The layer form of :func:`stable_layers.celu`, with its options and defaults."""
+SELU = _elementwise("SELU", _elu.selu)
+"""The layer form of :func:`stable_layers.selu`, with its options and defaults."""

@@ -27,9 +27,9 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers, _log_sigmoid, _xsin
+from . import _elu, _gelu, _layers, _log_sigmoid, _mish, _silu, _xsin
 
-__all__ = ["LogSigmoid", "Softplus", "XSin"]
+__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.linen.Softplus"
 
@@ -170,3 +170,15 @@ XSin = _elementwise("XSin", _xsin.xsin)
 """The layer form of :func:`stable_layers.xsin`, with its options and defaults."""
 LogSigmoid = _elementwise("LogSigmoid", _log_sigmoid.log_sigmoid)
 """The layer form of :func:`stable_layers.log_sigmoid`, with its options and defaults."""
+SiLU = _elementwise("SiLU", _silu.silu)
+"""The layer form of :func:`stable_layers.silu`, with its options and defaults."""
+GELU = _elementwise("GELU", _gelu.gelu)
+"""The layer form of :func:`stable_layers.gelu`, with its options and defaults."""
+Mish = _elementwise("Mish", _mish.mish)
+"""The layer form of :func:`stable_layers.mish`, with its options and defaults."""
+ELU = _elementwise("ELU", _elu.elu)
+"""The layer form of :func:`stable_layers.elu`, with its options and defaults."""
+CELU = _elementwise("CELU", _elu.celu)
+"""The layer form of :func:`stable_layers.celu`, with its options and defaults."""
+SELU = _elementwise("SELU", _elu.selu)
+"""The layer form of :func:`stable_layers.selu`, with its options and defaults."""

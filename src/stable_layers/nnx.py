@@ -27,10 +27,10 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 import jax
 import jax.numpy as jnp
 
-from . import _layers, _log_sigmoid, _xsin
+from . import _elu, _gelu, _layers, _log_sigmoid, _mish, _silu, _xsin
 from ._checks import check_float_dtype
 
-__all__ = ["LogSigmoid", "Softplus", "XSin"]
+__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.nnx.Softplus"
 
@@ -156,6 +156,7 @@ def _elementwise(name: str, fn: Callable[..., jax.Array]) -> type[nnx.Module]:
             __doc__=spec.doc("m(x)"),
             __init__=__init__,
             __call__=__call__,
+            __signature__=spec.signature,  # for inspect and help(): nnx's metaclass hides it
         )
 
     return types.new_class(name, (nnx.Module,), {}, body)
@@ -167,3 +168,15 @@ XSin = _elementwise("XSin", _xsin.xsin)
 """The layer form of :func:`stable_layers.xsin`, with its options and defaults."""
 LogSigmoid = _elementwise("LogSigmoid", _log_sigmoid.log_sigmoid)
 """The layer form of :func:`stable_layers.log_sigmoid`, with its options and defaults."""
+SiLU = _elementwise("SiLU", _silu.silu)
+"""The layer form of :func:`stable_layers.silu`, with its options and defaults."""
+GELU = _elementwise("GELU", _gelu.gelu)
+"""The layer form of :func:`stable_layers.gelu`, with its options and defaults."""
+Mish = _elementwise("Mish", _mish.mish)
+"""The layer form of :func:`stable_layers.mish`, with its options and defaults."""
+ELU = _elementwise("ELU", _elu.elu)
+"""The layer form of :func:`stable_layers.elu`, with its options and defaults."""
+CELU = _elementwise("CELU", _elu.celu)
+"""The layer form of :func:`stable_layers.celu`, with its options and defaults."""
+SELU = _elementwise("SELU", _elu.selu)
+"""The layer form of :func:`stable_layers.selu`, with its options and defaults."""
