@@ -89,6 +89,7 @@ def _errors(f, ref, dref, name, n=1 << 18):
 BOUNDS = {"float16": (0.51, 0.51), "bfloat16": (0.51, 0.51), "float32": (2.0, 3.0)}
 
 
+@pytest.mark.slow  # a dense sweep; the registry's 2^16-point sweep runs fast
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("name", ["float16", "bfloat16", "float32"])
 def test_accuracy_bounds_and_no_worse_than_jax_nn(case, name):

@@ -69,6 +69,7 @@ BOUNDS = {
 }
 
 
+@pytest.mark.slow  # a dense sweep; the registry's 2^16-point sweep runs fast
 @pytest.mark.parametrize("approximate", [False, True], ids=["exact", "tanh"])
 @pytest.mark.parametrize("name", ["float16", "bfloat16", "float32"])
 def test_accuracy_bounds_and_no_worse_than_jax_nn(name, approximate):
@@ -158,6 +159,7 @@ def test_tanh_form_in_float16_does_not_overflow_x_cubed():
         np.testing.assert_array_equal(f64(g), [0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
 
 
+@pytest.mark.slow  # 16 compiles; the generic edge-point test covers ±inf and NaN
 @pytest.mark.parametrize("approximate", [False, True], ids=["exact", "tanh"])
 @pytest.mark.parametrize("name", FLOAT_DTYPES)
 @pytest.mark.parametrize("mode", ["vjp", "jvp"])
@@ -173,6 +175,7 @@ def test_special_values(approximate, name, mode):
         assert y[3] == 0.0 and g[3] == 0.5
 
 
+@pytest.mark.slow  # order-2 checks; test_transforms.py checks grad-of-grad fast
 def test_check_grads():
     x = jnp.asarray([-30.0, -13.0, -5.0, -1.5, -0.75, 0.0, 0.5, 2.0, 30.0], jnp.float64)
     for approximate in (False, True):

@@ -56,6 +56,7 @@ def _errors(f, name, n):
 BOUNDS = {"float16": (0.501, 0.501), "bfloat16": (0.501, 0.501), "float32": (4.0, 4.0)}
 
 
+@pytest.mark.slow  # a dense sweep; the registry's 2^16-point sweep runs fast
 @pytest.mark.parametrize("name", ["float16", "bfloat16", "float32"])
 def test_accuracy_bounds_and_no_worse_than_jax_nn(name):
     n = 1 << 20
@@ -117,6 +118,7 @@ def test_special_values(name, residual, mode):
     assert y[3] == 0.0 and g[3] == 0.5
 
 
+@pytest.mark.slow  # order-2 checks; test_transforms.py checks grad-of-grad fast
 def test_check_grads():
     x = jnp.asarray([-80.0, -8.0, -1.278, -0.25, 0.0, 0.25, 1.0, 3.0, 30.0], jnp.float64)
     check_grads(sl.silu, (x,), order=2, modes=["rev"])
