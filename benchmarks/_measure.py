@@ -217,3 +217,25 @@ def accuracy(entry, vs, torch, dtype: str, n: int) -> dict:
             "gradient": _summary(g, ref_g, scale_g, dtype),
         }
     return out
+
+
+def code_error(entry, v, dtype: str, n: int) -> dict:
+    """A slope-code row's decoded slope (cotangent 1) against the entry's float64 derivative,
+    on N(0, 1) inputs (issue 15's yardstick): max and RMS error, and the bound
+    ``(max - min) / (2**bits - 1)`` over the finite reference slopes with max error / bound."""
+    bits = int(v.key.split("_")[1])
+    x = np.random.default_rng(n + bits).normal(size=n).astype(np_dtype(dtype))
+    x64 = x.astype(np.float64)
+    _, g = jax.jit(fwd_bwd(v.fn))(jnp.asarray(x), jnp.ones(x.shape, x.dtype))
+    d = entry.derivative(x64)
+    ok = np.isfinite(d)
+    err = np.abs(np.asarray(g).astype(np.float64)[ok] - d[ok])
+    bound = (d[ok].max() - d[ok].min()) / (2**bits - 1)
+    return {
+        "bits": bits,
+        "max_abs": float(err.max()),
+        "rms": float(np.sqrt(np.mean(err**2))),
+        "bound": float(bound),
+        "of_bound": float(err.max() / bound) if bound > 0 else 0.0,
+        "points": int(ok.sum()),
+    }

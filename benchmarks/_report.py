@@ -11,6 +11,12 @@ TIME_TARGET = {"xsin": 0.5}  # kernel fwd+bwd / the reference, every timed dtype
 TORCH_TARGET = {"xsin": 1.0}  # kernel fwd+bwd / torch autograd, float32
 STEP_TARGET = {"xsin": 0.95}  # MLP training step / the same step with the reference (default 1.05)
 IDENTITY_TARGET = 1.05  # float32 MLP temp memory / identity, for an output-saving default
+# Slope codes (issue 15), for every entry with "ours bits=k" rows.
+CODE_TIME_TARGET = 1.3  # fwd+bwd / the same entry's exact "derivative" policy, 2^20 and up
+CODE_STEP_TARGET = 1.0  # MLP step / the entry's reference (jax.nn.silu for silu)
+CODE_MEMORY_VS_REF = {"silu": 0.5, "gelu": 0.5}  # float32 MLP temp / the peer, every bits
+CODE_MEMORY_VS_REF_BITS = {"xsin": {8: 0.7}}  # ... for these bits only (autodiff x*sin(x))
+CODE_IDENTITY_SLACK = 1.10  # every dtype: <= 1.10 identity + the codes + one float32 layer
 GOAL_KEYS = ("id", "goal", "measured", "target", "holds", "noise_floor", "detail")
 
 
@@ -85,6 +91,7 @@ def goals(res) -> list[dict]:
             detail = ", ".join(f"{d} {x:.2f}x" for d, x in rs.items())
             goal = f"{what} MLP temp memory <= 1.0x {label}, every dtype"
             add(f"memory_{name}_vs_{key}", goal, max(rs.values()), 1.0, detail)
+        _code_goals(res, name, info, add)
         if ours == "ours_output":
             m = mem["float32"]
             detail = f"{m[ours] / MIB:.1f} MiB vs {m['identity'] / MIB:.1f} MiB"
@@ -93,6 +100,55 @@ def goals(res) -> list[dict]:
                 f"memory_{name}_vs_identity", goal, m[ours] / m["identity"], IDENTITY_TARGET, detail
             )
     return out
+
+
+def _code_goals(res, name, info, add) -> None:
+    """Issue 15's goals of an entry's slope-code rows (none without them), each via ``add``."""
+    lab, ref, aa = info["variants"], info["reference"], info["aa"]
+    codes = [k for k, v in lab.items() if v["kind"] == "codes"]
+    if not codes or "ours_derivative" not in lab:
+        return
+    exact, rl = "ours_derivative", lab[ref]["label"]
+    for d, rows in res["kernel_time"][name].items():
+        big = [r for r in rows if r["elements"] >= res["config"]["goal_from"]] or rows[-1:]
+        noise = abs(_geo(r["results"][aa]["ratio"] for r in big) - 1)
+        for k in codes:
+            rs = [r["results"][k]["median_s"] / r["results"][exact]["median_s"] for r in big]
+            detail = "; ".join(f"{_exp2(r['elements'])}: {x:.2f}x" for r, x in zip(big, rs))
+            goal = f"{name} {lab[k]['label'][5:]} fwd+bwd <= {CODE_TIME_TARGET}x residual="
+            goal += f"derivative ({d})"
+            add(f"time_{name}_{k}_{d}", goal, _geo(rs), CODE_TIME_TARGET, detail, noise)
+    s = res["mlp_step"]["results"][name]
+    for k in codes:
+        detail = f"{_time(s[k]['median_s'])} vs {_time(s[ref]['median_s'])}"
+        goal = f"{name} {lab[k]['label'][5:]} MLP step time <= {CODE_STEP_TARGET}x {rl} (float32)"
+        add(
+            f"step_{name}_{k}",
+            goal,
+            s[k]["ratio"],
+            CODE_STEP_TARGET,
+            detail,
+            abs(s[aa]["ratio"] - 1),
+        )
+    mt = res["mlp_temp"]
+    layer = mt["width"] * mt["batch"]
+    for k in codes:
+        bits = int(k.split("_")[1])
+        m = mt["bytes"]["float32"][name]
+        target = CODE_MEMORY_VS_REF.get(name, CODE_MEMORY_VS_REF_BITS.get(name, {}).get(bits))
+        if target is not None:
+            detail = f"{m[k] / MIB:.1f} MiB vs {m[ref] / MIB:.1f} MiB"
+            goal = f"{name} bits={bits} MLP temp memory <= {target}x {rl} (float32)"
+            add(f"memory_{name}_{k}_vs_{ref}", goal, m[k] / m[ref], target, detail)
+        rs = {}
+        for d, by in mt["bytes"].items():
+            allowed = CODE_IDENTITY_SLACK * by[name]["identity"]
+            allowed += mt["depth"] * layer * bits / 8 + 4 * layer
+            rs[d] = by[name][k] / allowed
+        detail = ", ".join(f"{d} {x:.2f}x" for d, x in rs.items())
+        goal = f"{name} bits={bits} MLP temp memory <= {CODE_IDENTITY_SLACK}x identity + codes "
+        goal += "+ one float32 layer, every dtype"
+        add(f"memory_{name}_{k}_vs_identity", goal, max(rs.values()), 1.0, detail)
 
 
 def _table(header, rows):
@@ -193,6 +249,28 @@ def markdown(res) -> str:
         _table(["entry", "variant"] + [f"{d} {p}" for d in acc for p in ("fwd", "grad")], body)
     )
 
+    ce = res.get("code_error", {})
+    if any(ce.values()):
+        L.append("## Slope codes: decoded-slope error\n")
+        L.append(
+            "Decoded slope (cotangent 1) against the float64 derivative on N(0, 1) inputs: "
+            "max abs error / the bound (max - min)/(2^bits - 1) over the finite slopes "
+            "(max abs error, RMS error).\n"
+        )
+        body = []
+        for name in ents:
+            for key, v in ents[name]["variants"].items():
+                if v["kind"] != "codes":
+                    continue
+                cells = []
+                for d in ce:
+                    c = ce[d].get(name, {}).get(key)
+                    cells.append(
+                        f"{c['of_bound']:.3f} ({c['max_abs']:.3g}, {c['rms']:.3g})" if c else "n/a"
+                    )
+                body.append([name, v["label"], *cells])
+        L.append(_table(["entry", "variant", *ce], body))
+
     L.append("## HLO op counts of the optimised float32 forward+backward\n")
     body = []
     for name, by in res["hlo"].items():
@@ -221,7 +299,12 @@ def plots(res, out: str) -> None:
             for key, v in ents[name]["variants"].items():
                 ts = [r["results"][key]["median_s"] for r in by[d]]
                 ax.loglog(
-                    ns, ts, "-" if v["kind"] == "ours" else "--", marker="o", ms=3, label=v["label"]
+                    ns,
+                    ts,
+                    "-" if v["kind"] in ("ours", "codes") else "--",
+                    marker="o",
+                    ms=3,
+                    label=v["label"],
                 )
             ax.loglog(ns, [r["bound"]["median_s"] for r in by[d]], ":k", label="bound")
             ax.set(title=f"{name} fwd+bwd, {d}", xlabel="elements", ylabel="s per call")

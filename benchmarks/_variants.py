@@ -1,6 +1,7 @@
 """What is compared, read from the registry (tests/registry.py): one list of variants per entry.
 
-Per entry: ours for each residual policy (default first) and ``mode="jvp"``, the naive formula
+Per entry: ours for each residual policy (default first) and ``mode="jvp"``, ours with slope
+codes (``bits=``, issue 15) where the entry has a ``"derivative"`` policy, the naive formula
 under autodiff, the ``jax.nn`` peer, ``flax.linen``'s function of the same name, torch's
 equivalent (when torch imports) and an A/A control: flax's function where it *is* the
 reference, else a second copy of the reference. The reference is the peer, or the naive
@@ -20,6 +21,7 @@ import jax
 from helpers import output_saving_vjp
 
 NO_TORCH_ENV = "STABLE_LAYERS_BENCH_NO_TORCH"
+CODE_BITS = (1, 2, 4, 8)  # every valid bits=; an entry needs a "derivative" policy for them
 
 # The one place that names torch's equivalents; an entry missing here has no torch row.
 TORCH = {
@@ -33,7 +35,7 @@ class Variant(NamedTuple):
     key: str
     label: str
     fn: Callable
-    kind: str  # ours, naive, peer, flax, aa, torch, minimal, identity
+    kind: str  # ours, codes, naive, peer, flax, aa, torch, minimal, identity
 
 
 IDENTITY = Variant("identity", "identity (no activation)", lambda x: x, "identity")
@@ -56,12 +58,15 @@ def _naive_label(fn) -> str:
 
 
 def _peer_label(fn) -> str:
+    if isinstance(fn, functools.partial):  # jax.nn.gelu(approximate=False), not its repr
+        kw = ", ".join(f"{k}={v!r}" for k, v in fn.keywords.items())
+        return f"{_peer_label(fn.func)}({kw})"
     name = getattr(fn, "__name__", repr(fn))
     return f"jax.nn.{name}" if getattr(jax.nn, name, None) is fn else name
 
 
-def for_entry(entry, torch=None) -> tuple[list[Variant], str, str]:
-    """(variants, reference key, A/A key) of a registry entry."""
+def for_entry(entry, torch=None, bits=CODE_BITS) -> tuple[list[Variant], str, str]:
+    """(variants, reference key, A/A key) of a registry entry; ``bits``: its code rows."""
     out, (default, *_) = [], list(entry.residuals)
 
     def add(key, label, fn, kind):
@@ -77,6 +82,9 @@ def for_entry(entry, torch=None) -> tuple[list[Variant], str, str]:
         functools.partial(entry.fn, mode="jvp"),
         "ours",
     )
+    if "derivative" in entry.residuals:  # slope codes keep the "derivative" policy's slope
+        for b in bits:
+            add(f"bits_{b}", f"ours bits={b}", functools.partial(entry.fn, bits=b), "codes")
     ref = out[0]  # with neither a naive formula nor a peer, ours is its own reference
     if entry.naive is not None:
         ref = add("naive", _naive_label(entry.naive), entry.naive, "naive")

@@ -32,20 +32,20 @@ import _variants as V  # noqa: E402
 import jax  # noqa: E402
 from registry import ENTRIES  # noqa: E402
 
-SCHEMA = "stable_layers.benchmarks/2"
+SCHEMA = "stable_layers.benchmarks/3"
 DTYPES = ["float32", "bfloat16", "float16"]  # memory and accuracy; time: config "dtypes"
 # sizes: elements of the timed kernels (goals read at >= goal_from); step, mem: (depth, width,
 # batch) of the MLP; mem_depths: the float32 memory-by-depth plot; sweep_n: float32 accuracy.
 CONFIGS = {"full": dict(dtypes=["float32", "bfloat16"], goal_from=2**20, mem=[8, 1024, 2048])}
 CONFIGS["full"].update(sizes=[2**p for p in range(12, 23, 2)], rounds=11, target_s=0.005)
 CONFIGS["full"].update(step=[8, 1024, 2048], step_rounds=5, mem_depths=[2, 4, 8, 16])
-CONFIGS["full"].update(sweep_n=1 << 20)
+CONFIGS["full"].update(sweep_n=1 << 20, bits=[1, 2, 4, 8], code_n=1 << 16)
 CONFIGS["quick"] = dict(CONFIGS["full"], sizes=[2**12, 2**16, 2**20], rounds=5, target_s=0.002)
 CONFIGS["quick"].update(step=[8, 512, 512], step_rounds=3, mem_depths=[2, 8], sweep_n=1 << 16)
 # The test suite's mode: every table in seconds, with the default, the reference and the A/A.
 CONFIGS["tiny"] = dict(CONFIGS["quick"], sizes=[2**10], rounds=2, target_s=2e-4, step=[1, 32, 32])
 CONFIGS["tiny"].update(step_rounds=2, mem=[1, 32, 32], mem_depths=[1], sweep_n=1 << 10)
-CONFIGS["tiny"].update(goal_variants_only=True)
+CONFIGS["tiny"].update(goal_variants_only=True, bits=[4], code_n=1 << 10)
 
 METHOD = """\
 Kernel time: jax.vjp(f, x) and the pullback of g, returning (f(x), dx), jitted, inputs uniform
@@ -64,7 +64,11 @@ with and without a float32 upcast; its goal takes the smaller. Accuracy: helpers
 finite 16-bit values; float32: uniform on the entry's sweep_limit plus log-spaced magnitudes to
 finfo.max) less subnormal inputs (XLA on CPU reads them as 0), in ulps of the registry's
 forward_scale / scale against its float64 reference / derivative (helpers.ulp_error);
-non-finite results where the reference is finite are counted apart, not in the ulps."""
+non-finite results where the reference is finite are counted apart, not in the ulps.
+Slope codes ("ours bits=k", entries with a "derivative" policy): not in the ulps table; their
+decoded slope (cotangent 1) on N(0, 1) inputs against the float64 derivative: max and RMS error
+and the bound (max - min)/(2^k - 1) over the finite slopes; their time goals are ratios to the
+same entry's exact "derivative" policy in the same interleaved group."""
 
 
 def _version(dist: str) -> str:
@@ -175,10 +179,11 @@ def main(argv=None) -> int:
         "config": cfg,
         "entries": {},
     }
-    table = {e.name: V.for_entry(e, torch) for e in ENTRIES}
-    if cfg.get("goal_variants_only"):  # the tiny mode: the default, the reference, A/A, torch
+    table = {e.name: V.for_entry(e, torch, bits=cfg["bits"]) for e in ENTRIES}
+    if cfg.get("goal_variants_only"):  # the tiny mode: what the goals read, A/A, torch
         for name, (vs, ref, aa) in table.items():
-            keep = [v for v in vs if v is vs[0] or v.key in (ref, aa, "torch")]
+            goal = (ref, aa, "torch", "ours_derivative")
+            keep = [v for v in vs if v is vs[0] or v.key in goal or v.kind == "codes"]
             table[name] = (keep, ref, aa)
     for name, (vs, ref, aa) in table.items():
         labels = {v.key: {"label": v.label, "kind": v.kind} for v in vs}
@@ -190,9 +195,13 @@ def main(argv=None) -> int:
 
     log("accuracy")
     acc = res["accuracy"] = {d: {} for d in DTYPES}
+    codes = res["code_error"] = {d: {} for d in DTYPES}
     for e, d in itertools.product(ENTRIES, DTYPES):
-        vs = [v for v in table[e.name][0] if v.kind != "aa"]
+        vs = [v for v in table[e.name][0] if v.kind not in ("aa", "codes")]
         acc[d][e.name] = M.accuracy(e, vs, torch, d, cfg["sweep_n"])
+        cs = [v for v in table[e.name][0] if v.kind == "codes"]
+        if cs:
+            codes[d][e.name] = {v.key: M.code_error(e, v, d, cfg["code_n"]) for v in cs}
     log("memory")
     res["mlp_temp"] = memory(cfg, table, log)
     log("HLO op counts")
