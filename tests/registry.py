@@ -454,7 +454,7 @@ ENTRIES = [
         naive=lambda x: x + jnp.sin(0.5 * x) ** 2 / 0.5,
         naive_nonfinite=False,  # at α = 1/2 the textbook form is finite; its failure is α -> 0
         peer=None,
-        layer=None,
+        layer="Snake",
         sweep_limit=1e4,
     ),
 ]

@@ -191,6 +191,7 @@ def test_no_arrays_unless_learnable(fw):
         fw.module.Softplus(2.0, 30.0, residual="input", mode="jvp"),
         *(getattr(fw.module, name)() for name, _ in FROM_FUNCTIONS),
         fw.module.ELU(2.0, residual="input", mode="jvp"),
+        fw.module.Snake(3, 0.0, learnable=False),
     ]
     for m in layers:
         assert fw.arrays(m, x) == [], m
@@ -214,6 +215,66 @@ def test_learnable_holds_one_param_in_param_dtype(fw, param_dtype):
 
 def test_nnx_parameter_is_an_nnx_param():
     assert isinstance(sl_nnx.Softplus(learnable=True).log_beta, nnx.Param)
+    assert isinstance(sl_nnx.Snake(3).log_alpha, nnx.Param)
+
+
+@pytest.mark.parametrize("param_dtype", [F32, F64, BF16])
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_snake_holds_one_log_alpha_per_channel(fw, param_dtype):
+    x = jnp.ones((2, 5), F32)
+    m = fw.module.Snake(5, 0.3, param_dtype=param_dtype)
+    params, _ = fw.split(m, x)
+    assert list(params) == ["log_alpha"] and len(fw.arrays(m, x)) == 1
+    leaf = params["log_alpha"]
+    assert leaf.shape == (5,) and leaf.dtype == jnp.dtype(param_dtype)
+    eps = float(jnp.finfo(param_dtype).eps)
+    np.testing.assert_allclose(np.exp(np.asarray(leaf, np.float64)), 0.3, rtol=2 * eps)
+    assert np.all(np.asarray(fw.split(fw.module.Snake(2), x[:, :2])[0]["log_alpha"]) == 0.0)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_snake_needs_x_with_its_channels_along_channel_axis(fw):
+    m = fw.module.Snake(3)
+    params, apply = fw.split(m, jnp.ones((2, 3)))
+    msg = rf"stable_layers\.{fw.name}\.Snake: x of shape \(2, 4\) has no axis channel_axis=-1 "
+    with pytest.raises(ValueError, match=msg + "of size channels=3"):
+        apply(params, jnp.ones((2, 4)))
+    _, apply = fw.split(fw.module.Snake(3, channel_axis=2, learnable=False), jnp.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="channel_axis=2 of size channels=3"):
+        apply({}, jnp.ones((2, 3)))
+
+
+def test_equinox_snake_after_an_unbatched_conv1d():
+    """channel_axis=0: eqx.nn.Conv1d's unbatched output is (channels, length)."""
+    k0, k1 = jax.random.split(jax.random.key(8))
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Conv1d(2, 4, 3, padding=1, dtype=F32, key=k0),
+            sl_eqx.Snake(4, 0.8, channel_axis=0),
+            eqx.nn.Conv1d(4, 1, 3, padding=1, dtype=F32, key=k1),
+        ]
+    )
+    lo = jnp.log(0.8) + jnp.linspace(-0.5, 0.5, 4, dtype=F32)
+    model = eqx.tree_at(lambda m: m.layers[1].log_alpha, model, lo)
+    params, static = eqx.partition(model, eqx.is_array)
+    x = jnp.asarray(np.random.default_rng(9).normal(size=(5, 2, 16)), F32)
+
+    def ref(p, x):  # the convolutions as Equinox computes them, snake by the textbook
+        conv0, act, conv1 = eqx.combine(p, static).layers
+
+        def one(x):
+            h = conv0(x)
+            a = jnp.exp(act.log_alpha)[:, None]
+            return conv1(h + jnp.sin(a * h) ** 2 / a)
+
+        return jax.vmap(one)(x)
+
+    y, grads = outputs_and_grads(lambda p, x: jax.vmap(eqx.combine(p, static))(x), params, x)
+    y_ref, grads_ref = outputs_and_grads(ref, to_f64(params), x.astype(F64))
+    assert y.shape == (5, 1, 16)
+    assert_tree_close(y, y_ref, rtol=1e-5)
+    assert_tree_close(grads, grads_ref, rtol=1e-4)
+    assert grads.layers[1].log_alpha.shape == (4,)
 
 
 def test_learnable_layers_start_at_the_same_parameter():
@@ -237,6 +298,16 @@ def _softplus_ref_layer(beta):
     return ref
 
 
+def _snake_ref_layer(alpha):
+    """The textbook x + sin²(αx)/α (finite here: α is not near 0), α per channel, last axis."""
+
+    def ref(h, p):
+        a = jnp.exp(p["log_alpha"]) if "log_alpha" in p else alpha
+        return h + jnp.sin(a * h) ** 2 / a
+
+    return ref
+
+
 # name: (layer constructors, their float64 references (h, own params) -> y, sizes, input)
 NETWORKS = {
     "softplus-learnable-vjp": (
@@ -250,6 +321,12 @@ NETWORKS = {
         [_softplus_ref_layer(1.0), _softplus_ref_layer(1.5)],
         (2, 16, 16, 1),
         lambda: big_inputs(),
+    ),
+    "snake-learnable": (
+        [lambda m: m.Snake(16, 0.7), lambda m: m.Snake(16, 1.3, mode="jvp")],
+        [_snake_ref_layer(0.7), _snake_ref_layer(1.3)],
+        (3, 16, 16, 1),
+        lambda: jnp.asarray(np.random.default_rng(6).normal(size=(16, 3)), F32),
     ),
     "xsin": (
         [lambda m: m.XSin(), lambda m: m.XSin(mode="jvp", residual="input")],
@@ -267,8 +344,8 @@ def test_sequential_drop_in_jit_and_grad(fw, net):
     x = inputs()
     params, apply, view = fw.network(sizes, [make(fw.module) for make in makers], x, seed=1)
     learnable = "learnable" in net
-    assert ("log_beta" in view(params)[3]) == learnable
-    if net.startswith("softplus"):
+    assert bool(view(params)[3]) == learnable
+    if net.startswith("softplus"):  # where the textbook softplus overflows
         first = jax.tree.map(np.asarray, view(params)[0])
         assert naive_overflows(np.asarray(x) @ first["kernel"] + first["bias"])
 
@@ -287,8 +364,8 @@ def test_sequential_drop_in_jit_and_grad(fw, net):
     assert_tree_close(y, y_ref, rtol=1e-5)
     assert_tree_close(grads, grads_ref, rtol=1e-4)
     if learnable:
-        g = view(grads)[3]["log_beta"]
-        assert g.dtype == F32 and g != 0
+        (g,) = view(grads)[3].values()
+        assert g.dtype == F32 and np.all(np.asarray(g) != 0)
 
 
 def test_equinox_mlp_activation_is_per_neuron_and_trains():
@@ -490,6 +567,7 @@ OUTPUT_INPUT = "residual must be one of 'output', 'input'"
 XSIN_RESIDUALS = "residual must be one of 'derivative', 'input_and_sin', 'input'"
 BITS = "bits must be one of None, 1, 2, 4, 8"
 ALPHA = "alpha must be a positive finite number"
+CHANNELS = "channels must be a positive int"
 CODES = "keeps the slope as codes, so residual must be left out or 'derivative'"
 # (layer, kwargs, exception, message after "stable_layers.<framework>.<layer>: ")
 BAD_ARGUMENTS = [
@@ -531,6 +609,20 @@ BAD_ARGUMENTS = [
     ("CELU", dict(alpha=-2.0), ValueError, f"{ALPHA}; got -2.0"),
     ("CELU", dict(residual="derivative"), ValueError, f"{OUTPUT_INPUT}; got 'derivative'"),
     ("SELU", dict(mode="fwd"), ValueError, f"{MODE}; got 'fwd'"),
+    *[("Snake", dict(channels=c), TypeError, f"{CHANNELS}; got {c}") for c in (2.0, True, None)],
+    *[("Snake", dict(channels=c), ValueError, f"{CHANNELS}; got {c}") for c in (0, -3)],
+    *[("Snake", dict(channels=2, **kw), exc, match) for kw, exc, match in [
+        (dict(alpha=0.0), ValueError, "alpha must be a positive finite number when learnable=True"),
+        (dict(alpha=-1.0), ValueError, "alpha must be a positive .*; got -1.0"),
+        (dict(alpha=float("inf")), ValueError, "alpha must be a positive .*; got inf"),
+        (dict(alpha=float("nan"), learnable=False), ValueError, "alpha must be finite; got nan"),
+        (dict(alpha=jnp.ones(2)), TypeError, "alpha must be a finite Python number"),
+        (dict(learnable="yes"), TypeError, "learnable must be True or False; got 'yes'"),
+        (dict(channel_axis=1.0), TypeError, "channel_axis must be an int .*; got 1.0"),
+        (dict(residual="output"), ValueError, "residual must be one of 'input'; got 'output'"),
+        (dict(mode="rev"), ValueError, f"{MODE}; got 'rev'"),
+        (dict(param_dtype=jnp.int32), ValueError, f"{PARAM_DTYPE} .*int32"),
+    ]],
 ]  # fmt: skip
 
 
@@ -621,7 +713,7 @@ def all_outputs_and_grads(impls, x, params, w):
         for k, f in impls.items():
             y, vjp = jax.vjp(f, params, x)
             gp, gx = vjp(w)
-            out[k] = (y, gx, gp.get("log_beta"))
+            out[k] = (y, gx, next(iter(gp.values()), None))  # a layer has one parameter
         return out
 
     return run(x, params)
@@ -630,7 +722,7 @@ def all_outputs_and_grads(impls, x, params, w):
 def assert_all_identical(results):
     ref = results["functional"]
     for name, res in results.items():
-        for what, a, r in zip(("output", "x-gradient", "log_beta-gradient"), res, ref):
+        for what, a, r in zip(("output", "x-gradient", "parameter-gradient"), res, ref):
             if r is None:
                 assert a is None
                 continue
@@ -683,10 +775,53 @@ def test_softplus_agree_in_bfloat16_with_float32_parameter(learnable):
     assert_all_identical(results)
 
 
+def snake_impls(alpha, learnable, channel_axis, mode, x):
+    """snake and its three layers, as (params, x) -> y; a learnable α runs along
+    ``channel_axis`` and meets x's dtype before the kernel, as documented."""
+    channels = x.shape[channel_axis]
+
+    def functional(p, x):
+        if not p:
+            return sl.snake(x, alpha, mode=mode)
+        shape = [1] * x.ndim
+        shape[channel_axis] = channels
+        return sl.snake(x, jnp.exp(p["log_alpha"]).astype(x.dtype).reshape(shape), mode=mode)
+
+    kw = dict(learnable=learnable, channel_axis=channel_axis, mode=mode)
+    return impls("Snake", (channels, alpha), kw, functional, x)
+
+
+SNAKE_CASES = [
+    (0.7, True, -1, "vjp"),
+    (0.7, True, 0, "jvp"),
+    (0.0, False, -1, "vjp"),  # α = 0 is the identity
+    (-1.5, False, 0, "jvp"),  # a fixed α may be negative
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+@pytest.mark.parametrize("alpha, learnable, channel_axis, mode", SNAKE_CASES)
+def test_snake_frameworks_and_functional_agree(alpha, learnable, channel_axis, mode, dtype):
+    x, w = (a.reshape(6, 8) for a in inputs(dtype))
+    channels = x.shape[channel_axis]
+    # A trained-looking α: a different one per channel.
+    lo = np.log(alpha) + np.linspace(-0.5, 0.5, channels) if learnable else None
+    params = {"log_alpha": jnp.asarray(lo, F32)} if learnable else {}
+    results = all_outputs_and_grads(
+        snake_impls(alpha, learnable, channel_axis, mode, x), x, params, w
+    )
+    y, gx, ga = results["functional"]
+    assert y.dtype == dtype and gx.dtype == dtype
+    assert ga is None if not learnable else (ga.dtype == F32 and ga.shape == (channels,))
+    assert_all_identical(results)
+
+
 def layer_impls(entry, x, **options):
     """The entry's function and its three layers, with the entry's own fixed options (e.g.
     ``functools.partial(sl.celu, alpha=2.0)``'s alpha) passed to the layers too."""
     kw = {**getattr(entry.fn, "keywords", {}), **options}
+    if entry.layer == "Snake":  # the entry's fixed α, the same for every channel
+        kw.update(channels=x.shape[-1], learnable=False)
     return impls(entry.layer, (), kw, lambda p, x: entry.fn(x, **options), x)
 
 

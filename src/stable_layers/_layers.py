@@ -18,9 +18,9 @@ kernel's β cotangent times ``dβ/dlog β = β``.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
+import numbers
 import re
 import textwrap
 from collections.abc import Callable
@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import _softplus
+from . import _snake, _softplus
 from ._activation import Activation
 from ._checks import (
     MODES,
@@ -39,6 +39,7 @@ from ._checks import (
     check_float_dtype,
     check_layer_beta,
     check_threshold,
+    is_static_number,
 )
 
 PARAM_NAME = "log_beta"
@@ -125,6 +126,23 @@ def _arg_docs(fn: Callable[..., Any]) -> dict[str, str]:
     return {e.split(":", 1)[0].strip(): e for e in entries}
 
 
+def check_as_function(layer: str, fn: Callable[..., jax.Array], *args: Any, **kwargs: Any):
+    """Raises what ``fn(x, *args, **kwargs)`` raises for its arguments, naming ``layer``.
+
+    The function is traced once on a scalar of the default float dtype (``jax.eval_shape``:
+    nothing is computed), so a layer accepts exactly what its function accepts (``bits`` with
+    ``residual``, ``alpha``'s range), with the same messages.
+    """
+    x = jax.ShapeDtypeStruct((), jnp.result_type(float))
+    try:
+        jax.eval_shape(lambda x: fn(x, *args, **kwargs), x)
+    except (TypeError, ValueError) as err:
+        msg = str(err)
+        name = getattr(fn, "name", fn.__name__)
+        msg = msg.removeprefix(f"{name}: ")
+        raise type(err)(f"{layer}: {msg}") from None
+
+
 class Elementwise:
     """A parameterless activation's layer, read from its function ``fn(x, <options>)``.
 
@@ -168,20 +186,8 @@ class Elementwise:
         return dict(bound.arguments)
 
     def check(self, options: dict[str, Any]) -> None:
-        """Raises what ``fn(x, **options)`` raises for its options, naming the layer.
-
-        The function is traced once on a scalar of the default float dtype (no computation),
-        so the layer accepts exactly what the function accepts (``bits`` with ``residual``,
-        ``alpha``'s range), with the same messages.
-        """
-        x = jax.ShapeDtypeStruct((), jnp.result_type(float))
-        try:
-            jax.eval_shape(functools.partial(self.fn, **options), x)
-        except (TypeError, ValueError) as err:
-            msg = str(err)
-            name = getattr(self.fn, "name", self.fn.__name__)
-            msg = msg.removeprefix(f"{name}: ") if msg.startswith(f"{name}: ") else msg
-            raise type(err)(f"{self.layer}: {msg}") from None
+        """Raises what ``fn(x, **options)`` raises for its options, naming the layer."""
+        check_as_function(self.layer, self.fn, **options)
 
     def __call__(self, x: Any, options: dict[str, Any]) -> jax.Array:
         return self.fn(x, **options)
@@ -227,3 +233,89 @@ class Elementwise:
         >>> bool(jnp.array_equal({example}, sl.{self.fn.__name__}(x)))
         True
     """
+
+
+# --------------------------------------------------------------------------------------
+# Snake: a learnable α per channel.
+# --------------------------------------------------------------------------------------
+
+SNAKE_PARAM = "log_alpha"
+
+
+def check_snake_args(
+    fn: str,
+    channels: Any,
+    alpha: Any,
+    learnable: Any,
+    channel_axis: Any,
+    residual: Any,
+    mode: Any,
+    param_dtype: Any,
+) -> None:
+    """Raises TypeError/ValueError naming the first bad argument, its value and the choices."""
+    if not isinstance(channels, numbers.Integral) or isinstance(channels, bool):
+        raise TypeError(f"{fn}: channels must be a positive int; got {channels!r}.")
+    if channels < 1:
+        raise ValueError(f"{fn}: channels must be a positive int; got {channels!r}.")
+    check_bool(fn, "learnable", learnable)
+    if not is_static_number(alpha):
+        raise TypeError(
+            f"{fn}: alpha must be a finite Python number (the fixed alpha, or the initial alpha "
+            f"of every channel when learnable=True); got {alpha!r}."
+        )
+    try:
+        value = float(alpha)
+    except OverflowError:
+        value = math.inf
+    if learnable and not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{fn}: alpha must be a positive finite number when learnable=True (the layer "
+            f"stores log(alpha)); got {alpha!r}."
+        )
+    if not isinstance(channel_axis, numbers.Integral) or isinstance(channel_axis, bool):
+        raise TypeError(f"{fn}: channel_axis must be an int (an axis of x); got {channel_axis!r}.")
+    check_float_dtype(fn, "param_dtype", param_dtype)
+    # The fixed alpha (finite, any sign), residual and mode, exactly as snake checks them.
+    check_as_function(fn, _snake.snake, value, residual=residual, mode=mode)
+
+
+def init_log_alpha(fn: str, channels: int, alpha: float, param_dtype: Any) -> jax.Array:
+    """The stored parameter: ``log α`` for every channel, ``(channels,)`` of ``param_dtype``.
+
+    The log is taken in float64 and rounded once, so ``exp(log_alpha)`` is α to within an
+    ulp of ``param_dtype``.
+    """
+    check_float_dtype(fn, "param_dtype", param_dtype)
+    return jnp.full((channels,), math.log(alpha), dtype=param_dtype)
+
+
+def apply_snake(
+    fn: str,
+    x: Any,
+    log_alpha: jax.Array | None,
+    *,
+    alpha: float,
+    channels: int,
+    channel_axis: int,
+    residual: Any,
+    mode: Any,
+) -> jax.Array:
+    """Calls the snake kernel with a layer's α: the static ``alpha``, or ``exp(log_alpha)``
+    laid along ``channel_axis``.
+
+    ``exp`` is taken in the parameter's dtype and cast to the input's dtype, as softplus's β
+    is, so bfloat16 in gives bfloat16 out and α's cotangent flows back into ``param_dtype``.
+    """
+    x = as_float_array(fn, x)
+    axis = channel_axis + x.ndim if channel_axis < 0 else channel_axis
+    if not 0 <= axis < x.ndim or x.shape[axis] != channels:
+        raise ValueError(
+            f"{fn}: x of shape {x.shape} has no axis channel_axis={channel_axis} of size "
+            f"channels={channels}."
+        )
+    if log_alpha is None:
+        return _snake.snake(x, alpha, residual=residual, mode=mode)
+    shape = [1] * x.ndim
+    shape[axis] = channels
+    a = jnp.exp(log_alpha).astype(x.dtype).reshape(shape)
+    return _snake.snake(x, a, residual=residual, mode=mode)

@@ -31,9 +31,10 @@ import jax.numpy as jnp
 from . import _elu, _gelu, _layers, _log_sigmoid, _mish, _silu, _xsin
 from ._checks import check_layer_beta
 
-__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Softplus", "XSin"]
+__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Snake", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.equinox.Softplus"
+_SNAKE = "stable_layers.equinox.Snake"
 
 
 class Softplus(eqx.Module):
@@ -140,6 +141,113 @@ class Softplus(eqx.Module):
             self.log_beta,
             beta=self.beta,
             threshold=self.threshold,
+            residual=self.residual,
+            mode=self.mode,
+        )
+
+
+class Snake(eqx.Module):
+    r"""The layer form of :func:`stable_layers.snake`, ``x + sin²(αx)/α``, with one learnable α
+    per channel.
+
+    See :func:`stable_layers.snake` for the math (written without dividing by α, so every α
+    works, 0 included), the guarantees, ``residual``, ``mode`` and the dtype rules; the layer
+    holds no math of its own. With ``learnable=True`` (default) it holds exactly one array,
+    ``log_alpha`` of shape ``(channels,)`` in ``param_dtype``, and uses
+    ``α = exp(log_alpha)``, as BigVGAN's log-scale option does: positive for any value an
+    optimiser gives it. With ``learnable=False`` it holds no arrays and uses ``alpha`` for
+    every channel.
+
+    Args:
+        channels: The number of channels: the size of ``x``'s ``channel_axis``.
+        alpha: The fixed α (any finite number), or every channel's initial α when
+            ``learnable=True`` (then positive: the layer stores ``log α``).
+        learnable: If True (default), α is trained through ``log_alpha``.
+        channel_axis: The axis of ``x`` the α vector runs along: ``-1`` (default) for
+            features last, ``0`` for the ``(channels, length)`` output of an unbatched
+            ``eqx.nn.Conv1d`` (``jax.vmap`` the layer over the batch).
+        residual: ``"input"``, snake's only policy: the backward pass keeps ``x``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
+        param_dtype: The dtype ``log_alpha`` is stored in (default float32); a floating dtype.
+
+    Call args:
+        x: Array with ``channels`` entries along ``channel_axis``. The output has ``x``'s shape
+            and float dtype: bfloat16 in gives bfloat16 out, since α is cast to ``x``'s dtype
+            (the kernel then computes half precision in float32 and rounds once). Integers
+            promote to the default float dtype; complex raises TypeError.
+        key: Ignored; accepted so the layer fits ``eqx.nn.Sequential``.
+
+    Raises:
+        TypeError, ValueError: at construction, for a bad ``channels``, ``alpha``,
+            ``learnable``, ``channel_axis``, ``residual``, ``mode`` or ``param_dtype``; when
+            called, for an ``x`` without ``channels`` entries along ``channel_axis``.
+
+    Examples:
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from stable_layers.equinox import Snake
+        >>> conv = eqx.nn.Conv1d(1, 3, 3, padding=1, dtype=jnp.float32, key=jax.random.key(0))
+        >>> act = Snake(3, channel_axis=0)  # Conv1d's unbatched output is (channels, length)
+        >>> print(act.log_alpha)
+        [0. 0. 0.]
+        >>> x = jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32).reshape(1, 8)
+        >>> y = act(conv(x))
+        >>> print(y.shape, y.dtype)
+        (3, 8) float32
+        >>> grads = eqx.filter_grad(lambda m: jnp.sum(m(conv(x))))(act)
+        >>> print(grads.log_alpha.shape)
+        (3,)
+
+    References:
+        Ziyin, Hartwig, Ueda (2020), "Neural Networks Fail to Learn Periodic Functions and How
+        to Fix It"; BigVGAN (Lee et al. 2023) for the per-channel, log-scale α.
+    """
+
+    channels: int = eqx.field(static=True)
+    alpha: float = eqx.field(static=True)
+    learnable: bool = eqx.field(static=True)
+    channel_axis: int = eqx.field(static=True)
+    residual: str = eqx.field(static=True)
+    mode: str = eqx.field(static=True)
+    param_dtype: Any = eqx.field(static=True)
+    log_alpha: jax.Array | None
+
+    def __init__(
+        self,
+        channels: int,
+        alpha: float = 1.0,
+        *,
+        learnable: bool = True,
+        channel_axis: int = -1,
+        residual: str = "input",
+        mode: str = "vjp",
+        param_dtype: Any = jnp.float32,
+    ):
+        # Checked before anything is stored: an array in a static field would only warn.
+        _layers.check_snake_args(
+            _SNAKE, channels, alpha, learnable, channel_axis, residual, mode, param_dtype
+        )
+        self.channels = int(channels)
+        self.alpha = float(alpha)
+        self.learnable = learnable
+        self.channel_axis = int(channel_axis)
+        self.residual = residual
+        self.mode = mode
+        self.param_dtype = param_dtype
+        self.log_alpha = (
+            _layers.init_log_alpha(_SNAKE, self.channels, self.alpha, param_dtype)
+            if learnable
+            else None
+        )
+
+    def __call__(self, x: Any, *, key: jax.Array | None = None) -> jax.Array:
+        del key
+        return _layers.apply_snake(
+            _SNAKE,
+            x,
+            self.log_alpha,
+            alpha=self.alpha,
+            channels=self.channels,
+            channel_axis=self.channel_axis,
             residual=self.residual,
             mode=self.mode,
         )

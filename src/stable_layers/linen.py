@@ -29,9 +29,10 @@ import jax.numpy as jnp
 
 from . import _elu, _gelu, _layers, _log_sigmoid, _mish, _silu, _xsin
 
-__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Softplus", "XSin"]
+__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Snake", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.linen.Softplus"
+_SNAKE = "stable_layers.linen.Snake"
 
 
 class Softplus(nn.Module):
@@ -117,6 +118,103 @@ class Softplus(nn.Module):
             log_beta,
             beta=self.beta,
             threshold=self.threshold,
+            residual=self.residual,
+            mode=self.mode,
+        )
+
+
+class Snake(nn.Module):
+    r"""The layer form of :func:`stable_layers.snake`, ``x + sin²(αx)/α``, with one learnable α
+    per channel.
+
+    See :func:`stable_layers.snake` for the math (written without dividing by α, so every α
+    works, 0 included), the guarantees, ``residual``, ``mode`` and the dtype rules; the layer
+    holds no math of its own. With ``learnable=True`` (default) it has one parameter,
+    ``params["log_alpha"]`` of shape ``(channels,)`` in ``param_dtype``, and uses
+    ``α = exp(log_alpha)``, as BigVGAN's log-scale option does: positive for any value an
+    optimiser gives it. With ``learnable=False`` ``init`` creates no variables and the layer
+    uses ``alpha`` for every channel.
+
+    Attributes:
+        channels: The number of channels: the size of ``x``'s ``channel_axis``.
+        alpha: The fixed α (any finite number), or every channel's initial α when
+            ``learnable=True`` (then positive: the layer stores ``log α``).
+        learnable: If True (default; keyword-only), α is trained through ``log_alpha``.
+        channel_axis: The axis of ``x`` the α vector runs along (keyword-only): ``-1``
+            (default), Flax's features-last layout.
+        residual: ``"input"``, snake's only policy: the backward pass keeps ``x``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
+        param_dtype: The dtype ``log_alpha`` is stored in (default float32); a floating dtype.
+
+    Calling the layer on ``x`` returns an array of ``x``'s shape and float dtype: bfloat16 in
+    gives bfloat16 out, since α is cast to ``x``'s dtype as in ``nn.PReLU`` (the kernel
+    computes half precision in float32 and rounds once). Integers promote to the default
+    float dtype; complex raises TypeError.
+
+    Raises:
+        TypeError, ValueError: when the layer is constructed (so before ``init``), for a bad
+            ``channels``, ``alpha``, ``learnable``, ``channel_axis``, ``residual``, ``mode`` or
+            ``param_dtype``; when called, for an ``x`` without ``channels`` entries along
+            ``channel_axis``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from stable_layers.linen import Snake
+        >>> x = jnp.linspace(-2.0, 2.0, 8).reshape(2, 4)  # (batch, channels)
+        >>> act = Snake(4, 0.5)
+        >>> params = act.init(jax.random.key(0), x)["params"]
+        >>> print(params["log_alpha"].shape, jnp.exp(params["log_alpha"]))
+        (4,) [0.5 0.5 0.5 0.5]
+        >>> grads = jax.grad(lambda p: act.apply({"params": p}, x).sum())(params)
+        >>> print(grads["log_alpha"].shape)
+        (4,)
+        >>> bool(jnp.array_equal(Snake(4, 0.0, learnable=False).apply({}, x), x))  # α = 0
+        True
+
+    References:
+        Ziyin, Hartwig, Ueda (2020), "Neural Networks Fail to Learn Periodic Functions and How
+        to Fix It"; BigVGAN (Lee et al. 2023) for the per-channel, log-scale α.
+    """
+
+    channels: int
+    alpha: float = 1.0
+    _: dataclasses.KW_ONLY
+    learnable: bool = True
+    channel_axis: int = -1
+    residual: str = "input"
+    mode: str = "vjp"
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        _layers.check_snake_args(
+            _SNAKE,
+            self.channels,
+            self.alpha,
+            self.learnable,
+            self.channel_axis,
+            self.residual,
+            self.mode,
+            self.param_dtype,
+        )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Any) -> jax.Array:
+        log_alpha = None
+        if self.learnable:
+            log_alpha = self.param(
+                _layers.SNAKE_PARAM,
+                lambda _: _layers.init_log_alpha(
+                    _SNAKE, self.channels, float(self.alpha), self.param_dtype
+                ),
+            )
+        return _layers.apply_snake(
+            _SNAKE,
+            x,
+            log_alpha,
+            alpha=float(self.alpha),
+            channels=self.channels,
+            channel_axis=self.channel_axis,
             residual=self.residual,
             mode=self.mode,
         )

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 from . import _elu, _gelu, _layers, _log_sigmoid, _mish, _silu, _xsin
 from ._checks import check_float_dtype
 
-__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Softplus", "XSin"]
+__all__ = ["CELU", "ELU", "GELU", "LogSigmoid", "Mish", "SELU", "SiLU", "Snake", "Softplus", "XSin"]
 
 _SOFTPLUS = "stable_layers.nnx.Softplus"
+_SNAKE = "stable_layers.nnx.Snake"
 
 
 class Softplus(nnx.Module):
@@ -123,6 +124,98 @@ class Softplus(nnx.Module):
             residual=self.residual,
             mode=self.mode,
             dtype=self.dtype,
+        )
+
+
+class Snake(nnx.Module):
+    r"""The layer form of :func:`stable_layers.snake`, ``x + sin²(αx)/α``, with one learnable α
+    per channel.
+
+    See :func:`stable_layers.snake` for the math (written without dividing by α, so every α
+    works, 0 included), the guarantees, ``residual``, ``mode`` and the dtype rules; the layer
+    holds no math of its own. With ``learnable=True`` (default) it holds one ``nnx.Param``,
+    ``log_alpha`` of shape ``(channels,)`` in ``param_dtype``, and uses
+    ``α = exp(log_alpha)``, as BigVGAN's log-scale option does: positive for any value an
+    optimiser gives it. With ``learnable=False`` ``log_alpha`` is None, the layer's state is
+    empty and it uses ``alpha`` for every channel.
+
+    Args:
+        channels: The number of channels: the size of ``x``'s ``channel_axis``.
+        alpha: The fixed α (any finite number), or every channel's initial α when
+            ``learnable=True`` (then positive: the layer stores ``log α``).
+        learnable: If True (default), α is trained through ``log_alpha``.
+        channel_axis: The axis of ``x`` the α vector runs along: ``-1`` (default), Flax's
+            features-last layout.
+        residual: ``"input"``, snake's only policy: the backward pass keeps ``x``.
+        mode: ``"vjp"`` (default) or ``"jvp"``.
+        param_dtype: The dtype ``log_alpha`` is stored in (default float32); a floating dtype.
+
+    Calling the layer on ``x`` returns an array of ``x``'s shape and float dtype: bfloat16 in
+    gives bfloat16 out, since α is cast to ``x``'s dtype as in ``nnx.PReLU`` (the kernel
+    computes half precision in float32 and rounds once). Integers promote to the default
+    float dtype; complex raises TypeError.
+
+    Raises:
+        TypeError, ValueError: in ``__init__``, for a bad ``channels``, ``alpha``,
+            ``learnable``, ``channel_axis``, ``residual``, ``mode`` or ``param_dtype``; when
+            called, for an ``x`` without ``channels`` entries along ``channel_axis``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from stable_layers.nnx import Snake
+        >>> x = jnp.linspace(-2.0, 2.0, 8).reshape(2, 4)  # (batch, channels)
+        >>> act = Snake(4, 0.5)
+        >>> print(act.log_alpha.shape, jnp.exp(act.log_alpha[...]))
+        (4,) [0.5 0.5 0.5 0.5]
+        >>> grads = nnx.grad(lambda m: m(x).sum())(act)
+        >>> print(grads["log_alpha"][...].shape)
+        (4,)
+        >>> bool(jnp.array_equal(Snake(4, 0.0, learnable=False)(x), x))  # α = 0
+        True
+
+    References:
+        Ziyin, Hartwig, Ueda (2020), "Neural Networks Fail to Learn Periodic Functions and How
+        to Fix It"; BigVGAN (Lee et al. 2023) for the per-channel, log-scale α.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        alpha: float = 1.0,
+        *,
+        learnable: bool = True,
+        channel_axis: int = -1,
+        residual: str = "input",
+        mode: str = "vjp",
+        param_dtype: Any = jnp.float32,
+    ):
+        _layers.check_snake_args(
+            _SNAKE, channels, alpha, learnable, channel_axis, residual, mode, param_dtype
+        )
+        self.channels = int(channels)
+        self.alpha = float(alpha)
+        self.learnable = learnable
+        self.channel_axis = int(channel_axis)
+        self.residual = residual
+        self.mode = mode
+        self.param_dtype = param_dtype
+        self.log_alpha = (
+            nnx.Param(_layers.init_log_alpha(_SNAKE, self.channels, self.alpha, param_dtype))
+            if learnable
+            else None
+        )
+
+    def __call__(self, x: Any) -> jax.Array:
+        return _layers.apply_snake(
+            _SNAKE,
+            x,
+            None if self.log_alpha is None else self.log_alpha[...],
+            alpha=self.alpha,
+            channels=self.channels,
+            channel_axis=self.channel_axis,
+            residual=self.residual,
+            mode=self.mode,
         )
 
 
