@@ -8,10 +8,10 @@ linear head over its 10 classes (Equinox, optax's Adam). For each activation the
 the largest batch whose compiled train step fits ``--budget-mib``, without running it: it
 lowers and compiles the step for a candidate batch (``jax.ShapeDtypeStruct`` inputs, nothing is
 allocated) and reads XLA's ``memory_analysis()``; a bisection over such compiles, each probe
-placed by linear interpolation (a step's bytes grow linearly with the batch), ends with a
-batch that fits and the next one that does not. Then it trains every activation for
-``--steps`` at one common batch, from the same initialisation and the same batches, to show
-that the loss curves agree.
+placed by the secant through the last two (a step's bytes grow nearly linearly with the
+batch), ends with a batch that fits and the next one that does not. Then it trains every
+activation for ``--steps`` at one common batch, from the same initialisation and the same
+batches, to show that the loss curves agree.
 
 What counts as the step's memory: ``argument + output + temp - alias`` bytes of the compiled
 step, per device. The arguments are the parameters, Adam's state and the batch; the outputs
@@ -355,43 +355,45 @@ def largest_batch(bytes_at: Callable[[int], int], budget: int, start: int) -> tu
     """The largest batch ``n`` with ``bytes_at(n) <= budget``, and how many batches it tried.
 
     A bisection over compiles: ``lo`` fits (0 trivially), ``hi`` does not, and the bracket
-    shrinks until ``hi == lo + 1``. Each probe is placed by linear interpolation between the
-    bracket's ends (or extrapolation from the two largest batches that fit, before one has
-    failed): a step's bytes are an affine function of the batch, up to alignment, so the
-    search typically needs four compiles. Every third probe is the bracket's midpoint, which
-    bounds the count by a plain bisection's should the bytes not be affine. Assumes
-    ``bytes_at`` does not decrease as the batch grows.
+    shrinks until ``hi == lo + 1``. Each probe is placed by the secant through the last two
+    batches tried (a step's bytes grow nearly linearly with the batch, with a few kinks where
+    XLA changes its plan, so the two most recent probes, the nearest the answer, give the
+    best local slope), kept strictly inside the bracket; before anything has been tried but
+    ``start``, ``start`` is scaled to the budget. Where a probe has not halved the bracket of
+    two probes before, the next is the bracket's midpoint, which bounds the count by twice a
+    plain bisection's. Assumes ``bytes_at`` does not decrease as the batch grows.
     """
     seen: dict[int, int] = {}
-
-    def fits(n: int) -> bool:
-        seen[n] = bytes_at(n)
-        return seen[n] <= budget
-
+    order: list[int] = []
+    widths: list[float] = []  # the bracket's width after each probe (inf while unbounded)
     lo, hi = 0, None
     n = start
     while True:
-        if fits(n):
+        seen[n] = bytes_at(n)
+        order.append(n)
+        if seen[n] <= budget:
             lo = n
         else:
             hi = n
-        if hi is not None and hi - lo <= 1:
+        if (hi is not None and hi - lo <= 1) or lo == MAX_BATCH:
             return lo, len(seen)
-        if lo == MAX_BATCH:
-            return lo, len(seen)
-        ok = sorted(b for b in seen if seen[b] <= budget)
-        if hi is not None and len(seen) % 3 == 0:
+        widths.append(math.inf if hi is None else hi - lo)
+        if len(order) == 1:  # scale the one probe (an underestimate while bytes_at(0) > 0)
+            n = int(n * budget / seen[n])
+        elif hi is not None and len(widths) >= 3 and widths[-1] > widths[-3] / 2:
             n = (lo + hi) // 2
-        elif len(ok) >= 2 or (ok and hi is not None):
-            a, b = (ok[-2], ok[-1]) if hi is None else (ok[-1], hi)
+        else:
+            a, b = order[-2], order[-1]
             slope = (seen[b] - seen[a]) / (b - a)
-            n = lo + int((budget - seen[lo]) // slope) if slope > 0 else 2 * lo
-        elif ok:  # one batch fits: scale it, an underestimate while bytes_at(0) > 0
-            n = int(lo * budget / seen[lo])
-        else:  # nothing fits yet: scale the one that failed down
-            n = int(hi * budget / seen[hi])
+            if slope > 0:
+                n = b + math.floor((budget - seen[b]) / slope)
+            else:  # a flat stretch: no slope to follow
+                n = 2 * lo if hi is None else (lo + hi) // 2
         upper = MAX_BATCH if hi is None else hi - 1
         n = min(max(n, lo + 1), upper)
+        if n in seen:  # the secant repeats a probe: bisect instead
+            n = (lo + (upper + 1)) // 2 if hi is not None else 2 * lo
+            n = min(max(n, lo + 1), upper)
 
 
 # --------------------------------------------------------------------------------------
@@ -525,12 +527,11 @@ def main(
                 f"memory_budget: --budget-mib {budget / 2**20:g} does not fit a batch of 1 "
                 f"with {name} ({step.bytes[1] / 2**20:.1f} MiB); give a larger budget"
             )
-        # Bytes per example: the slope between the two largest batches tried that fit, the
-        # cost of one more example near the budget.
-        fitting = sorted(b for b, v in step.bytes.items() if v <= budget)
-        a = fitting[-2] if len(fitting) >= 2 else 0
-        low = step.bytes[a] if a else 0
-        slope = (step.bytes[n] - low) / (n - a)
+        # Bytes per example: what one more example costs at the budget, bytes(n + 1) - bytes(n)
+        # (both compiled by the search); at the search's cap, the slope from the batch below.
+        b = step.bytes
+        a = max(k for k in b if k < n) if n + 1 not in b else n
+        slope = (b[n + 1] - b[n]) if n + 1 in b else (b[n] - b[a]) / (n - a)
         return step, {"largest_batch": n, "bytes_per_example": slope, "compiles": tried}
 
     # XLA compiles outside the GIL: one search per core at a time.
