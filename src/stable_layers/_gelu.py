@@ -90,7 +90,7 @@ def _mills(x: jax.Array, below: float) -> jax.Array:
     """|x|·Φ(x)/φ(x) for x < below: 1 - 1/x² + 3/x⁴ - 15/x⁶ + … (9 terms)."""
     xc = jnp.where(x < below, x, below)
     w = 1 / (xc * xc)
-    m = _MILLS[-1]
+    m = jnp.full_like(w, _MILLS[-1])
     for c in _MILLS[-2::-1]:
         m = m * w + c
     return m
@@ -117,8 +117,8 @@ _R_POLY = (
 )
 
 
-def _cdf_erfc(x: jax.Array) -> jax.Array:
-    """Φ(x) = erfc(t)/2, t = -x/√2 > 1 (x < -√2); x is clamped above by the caller."""
+def _cdf_erfc(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(Φ(x) = erfc(t)/2, t, dt) for t = -x/√2 = t + dt > 1 (x < -√2); the caller clamps x."""
     hi_c, lo_c = _INV_SQRT2[x.dtype]
     p, e = _two_prod(x, jnp.asarray(hi_c, x.dtype))
     t = -p  # -x/√2 = t + dt, with dt:
@@ -137,7 +137,7 @@ def _lower_cdf(xn: jax.Array) -> jax.Array:
         mid = xn >= -1.5
         xm = jnp.where(mid, xn, -1.5)
         u = xm - _R_CENTER
-        r = _R_POLY[-1]
+        r = jnp.full_like(u, _R_POLY[-1])
         for c in _R_POLY[-2::-1]:
             r = r * u + c
         phi_s, _ = _phi_parts(xm)  # |x| <= 1.5: no scaling
