@@ -10,7 +10,7 @@ import functools
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +136,7 @@ def as_float_array(fn: str, x: Any, name: str = "x") -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
             raise TypeError(f"{fn}: {name} must be a real numeric array; got dtype {x.dtype}.")
-        x = x.astype(_promoted_dtype(x.dtype, bool(jax.config.jax_enable_x64)))
+        x = x.astype(_promoted_dtype(x.dtype, bool(jax.config.jax_enable_x64)))  # type: ignore[attr-defined]  # set at runtime
     return x
 
 
@@ -168,7 +168,7 @@ def check_layer_beta(fn: str, beta: Any) -> float:
             f"{fn}: beta must be a positive finite number (the fixed beta, or the initial beta "
             f"when learnable=True); got {beta!r}. For a trainable beta pass learnable=True."
         )
-    return check_beta(fn, beta)
+    return cast(float, check_beta(fn, beta))  # a static number comes back as a float
 
 
 def check_bool(fn: str, name: str, value: Any) -> bool:

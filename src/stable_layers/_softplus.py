@@ -105,7 +105,7 @@ def _one_minus_exp_neg(u: jax.Array) -> jax.Array:
     uc = jnp.minimum(u, _U_CLAMP)  # NaN stays NaN
     k = jax.lax.round(uc * _INV_LN2, jax.lax.RoundingMethod.TO_NEAREST_EVEN)
     r = (uc - k * _LN2_HI) - k * _LN2_LO
-    p = _P[-1]
+    p: jax.Array | float = _P[-1]
     for c in _P[-2::-1]:
         p = p * r + c
     m = r + (r * r) * p
