@@ -825,7 +825,13 @@ def layer_impls(entry, x, **options):
     return impls(entry.layer, (), kw, lambda p, x: entry.fn(x, **options), x)
 
 
-LAYER_CASES = [c for c in registry.cases() if c.values[0].layer is not None]
+# Every policy in both modes; the "jvp" half runs with -m slow (the layers pass mode through
+# untouched, and softplus's and snake's agreement and the Hessian tests run "jvp" by default).
+LAYER_CASES = [
+    c if c.values[2] == "vjp" else pytest.param(*c.values, id=c.id, marks=pytest.mark.slow)
+    for c in registry.cases()
+    if c.values[0].layer is not None
+]
 LAYER_ENTRIES = [pytest.param(e, id=e.name) for e in registry.ENTRIES if e.layer is not None]
 
 
@@ -845,8 +851,13 @@ def test_layers_agree_in_bfloat16(entry):
     assert_all_identical(results)
 
 
-CODES_CASES = [("XSin", sl.xsin, b) for b in (1, 2, 4, 8)] + [
-    (name, fn, 4) for name, fn in FROM_FUNCTIONS if name in ("SiLU", "GELU", "Mish")
+# XSin with 4 bits and SiLU run by default; the other widths and GELU, Mish with -m slow (the
+# layers pass bits through untouched: what differs between these is the function).
+CODES_CASES = [
+    pytest.param(cls, fn, bits, marks=() if (cls, bits) in fast else pytest.mark.slow)
+    for fast in [{("XSin", 4), ("SiLU", 4)}]
+    for cls, fn, bits in [("XSin", sl.xsin, b) for b in (1, 2, 4, 8)]
+    + [(name, fn, 4) for name, fn in FROM_FUNCTIONS if name in ("SiLU", "GELU", "Mish")]
 ]
 
 
