@@ -256,7 +256,10 @@ def _encode(d: Array, bits: int) -> Codes:
     half_span = high * 0.5 - low * 0.5
     half_step = jnp.where(levels > 0, half_span / jnp.maximum(levels, 1), 0)
     safe_step = jnp.where(half_step > 0, half_step, 1)
-    code = jnp.round((d * 0.5 - low * 0.5) / safe_step)
+    # XLA divides by multiplying with the reciprocal, which flushes to 0 for a step near
+    # finfo.max: scale both by a power of two (exact) where the step is large.
+    scale = jnp.where(safe_step > 1, 2.0**-64, 1.0).astype(d.dtype)
+    code = jnp.round(((d * 0.5 - low * 0.5) * scale) / (safe_step * scale))
     code = jnp.clip(jnp.where(half_step > 0, code, 0), 0, levels)
     code = jnp.where(finite, code, top).astype(jnp.uint32)
     return Codes(_pack(code, bits), low, half_step, nonfinite)
