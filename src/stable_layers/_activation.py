@@ -400,19 +400,15 @@ class Activation:
     def __repr__(self) -> str:
         return f"Activation(name={self.name!r}, residuals={self.residuals!r})"
 
-    @property
-    def codes(self) -> bool:
-        """Whether ``bits`` is accepted: the activation has a ``"derivative"`` policy."""
-        return "derivative" in self.residuals
-
-    def check_options(self, fn: str, residual: Any, bits: Any, mode: Any) -> str:
-        """Validates the options; returns the residual policy they select."""
+    def _options(self, residual: Any, bits: Any, mode: Any) -> tuple[str, int | None]:
+        """Validates the options; returns the residual policy and the bits they select."""
+        fn = self.name
         check_choice(fn, "mode", mode, MODES)
         bits = check_bits(fn, bits)
         if bits is None:
             residual = self.residuals[0] if residual is None else residual
-            return check_choice(fn, "residual", residual, self.residuals)
-        if not self.codes:
+            return check_choice(fn, "residual", residual, self.residuals), None
+        if "derivative" not in self.residuals:
             raise ValueError(
                 f"{fn}: bits={bits!r} needs a 'derivative' residual policy, which this "
                 f"activation does not have (its residuals: {', '.join(map(repr, self.residuals))})"
@@ -427,7 +423,7 @@ class Activation:
             raise ValueError(
                 f"{fn}: bits={bits!r} is for reverse mode (mode='vjp'); got mode={mode!r}."
             )
-        return "derivative"
+        return "derivative", bits
 
     def __call__(
         self,
@@ -437,11 +433,11 @@ class Activation:
         bits: int | None = None,
         mode: str = "vjp",
     ) -> Array:
-        residual = self.check_options(self.name, residual, bits, mode)
+        residual, bits = self._options(residual, bits, mode)
         x = as_float_array(self.name, x)
         static = tuple(p if isinstance(p, float) else None for p in params)
         dyn = tuple(jnp.asarray(p) for p in params if not isinstance(p, float))
-        config = _Config(static, residual, check_bits(self.name, bits))
+        config = _Config(static, residual, bits)
         return self._jitted(x, dyn, config=config, mode=mode)
 
     def _apply(self, x, dyn, *, config, mode):
