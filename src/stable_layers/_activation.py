@@ -496,7 +496,7 @@ def _vjp_rule(act: Activation):
             else:
                 y, d = act._value(x, dyn, config), act.derivative(x.astype(cd), *params)
             codes = encode(d, config.bits)
-            kept = _Kept(codes, (x,) if differentiated else ())
+            kept = _Kept(codes, _input_for_params(x, dyn, differentiated))
             return y, (checkpoint_name(kept, act.name), dyn)
         if one_pass and not dyn:
             # Both from one pass (x·sin x: one range reduction). Grad-of-grad differentiates
@@ -508,7 +508,11 @@ def _vjp_rule(act: Activation):
         # y through the custom_jvp rule: grad-of-grad differentiates this forward and then
         # gets the declared derivatives instead of autodiff of the forward formula.
         y = _store_half(act._jvp(x, dyn, config), x)
-        return y, (act._keep(x, y, dyn, config, differentiated), dyn)
+        kept = act._keep(x, y, dyn, config, differentiated)
+        if dyn and not differentiated:
+            empty = _input_for_params(x, dyn, False)
+            kept = kept._replace(input=checkpoint_name(empty, act.name))
+        return y, (kept, dyn)
 
     def bwd(config, res, g):
         kept, dyn = res
@@ -519,7 +523,7 @@ def _vjp_rule(act: Activation):
         else:
             slope, params = act._slope(kept, dyn, config, gc)
         gx = (gc * slope).astype(g.dtype)
-        if not kept.input:
+        if not kept.input or kept.input[0].size == 0:
             return gx, tuple(None for _ in dyn)  # None: a zero cotangent
         slopes = act._param_slopes(kept.input[0], params, config)
         return gx, tuple(
@@ -528,6 +532,20 @@ def _vjp_rule(act: Activation):
 
     rule.defvjp(fwd, bwd, symbolic_zeros=True)
     return rule
+
+
+def _input_for_params(x: Array, dyn: tuple[Array, ...], differentiated: bool) -> tuple[Array, ...]:
+    """What the vjp rule keeps for the parameters' cotangents: ``x``, or an empty stand-in.
+
+    The kept pytree has the same structure whether or not a parameter is differentiated
+    (``x``, or an empty array when none is), and neither leaf is an input passed through:
+    JAX caches the residual structure of a ``custom_vjp`` forward with a traced jaxpr and can
+    reuse it for another differentiation of the same jaxpr, so a structure that depended on
+    which inputs are perturbed would not match the residuals of the second one.
+    """
+    if not dyn:
+        return ()
+    return (x if differentiated else jnp.zeros((0,), x.dtype),)
 
 
 def _jvp_rule(act: Activation):
