@@ -115,6 +115,23 @@ def _worst(x, err):
 # ----------------------------------------------------------------------------------------
 
 
+def assert_finite_and_accurate(entry, x, y, g, name, residual):
+    """Finite wherever the true value is below finfo.max (beyond it the ulp check accepts
+    ±inf or ±finfo.max), and within the entry's ulp bounds for ``residual``."""
+    y64, g64 = y.astype(np.float64), g.astype(np.float64)
+    fmax = float(ml_dtypes.finfo(np_dtype(name)).max)
+    with np.errstate(all="ignore"):
+        big_y = np.abs(entry.reference(x.astype(np.float64))) > fmax
+        big_g = np.abs(entry.derivative(x.astype(np.float64))) > fmax
+    bad_y, bad_g = ~np.isfinite(y64) & ~big_y, ~np.isfinite(g64) & ~big_g
+    assert not bad_y.any(), f"{residual}: non-finite output at x={x[bad_y][:5]}"
+    assert not bad_g.any(), f"{residual}: non-finite gradient at x={x[bad_g][:5]}"
+    fe, ge = _errors(entry, x, y, g, name, residual)
+    tol_f, tol_g = entry.tolerance(name, residual)
+    assert fe.max() <= tol_f, f"{residual}: forward {_worst(x, fe)} > {tol_f}"
+    assert ge.max() <= tol_g, f"{residual}: gradient {_worst(x, ge)} > {tol_g}"
+
+
 @pytest.mark.parametrize("name", FLOAT_DTYPES)
 @pytest.mark.parametrize("entry,residual,mode", registry.cases())
 def test_sweep_finite_and_accurate(entry, residual, mode, name):
@@ -122,20 +139,7 @@ def test_sweep_finite_and_accurate(entry, residual, mode, name):
     y, g = _run(entry.name, residual, mode, name)
     assert y.dtype == np_dtype(name) and g.dtype == np_dtype(name)
     x, y, g = xs[:n], y[:n], g[:n]
-    y64, g64 = y.astype(np.float64), g.astype(np.float64)
-    # Finite wherever the true value is below finfo.max (issue 16); beyond, the ulp check
-    # accepts ±inf or ±finfo.max.
-    fmax = float(ml_dtypes.finfo(np_dtype(name)).max)
-    with np.errstate(all="ignore"):
-        big_y = np.abs(entry.reference(x.astype(np.float64))) > fmax
-        big_g = np.abs(entry.derivative(x.astype(np.float64))) > fmax
-    bad_y, bad_g = ~np.isfinite(y64) & ~big_y, ~np.isfinite(g64) & ~big_g
-    assert not bad_y.any(), f"non-finite output at x={x[bad_y][:5]}"
-    assert not bad_g.any(), f"non-finite gradient at x={x[bad_g][:5]}"
-    fe, ge = _errors(entry, x, y, g, name, residual)
-    tol_f, tol_g = entry.tolerance(name, residual)
-    assert fe.max() <= tol_f, f"forward {_worst(x, fe)} > {tol_f}"
-    assert ge.max() <= tol_g, f"gradient {_worst(x, ge)} > {tol_g}"
+    assert_finite_and_accurate(entry, x, y, g, name, residual)
     if mode == "jvp":  # both rules give identical values and gradients
         y_vjp, g_vjp = _run(entry.name, residual, "vjp", name)
         np.testing.assert_array_equal(y, y_vjp[:n])

@@ -3,7 +3,8 @@
 * The exported StableHLO for ``cuda`` and ``tpu`` holds none of XLA:CPU's devices (xsin's
   ``case``, float16's store-once divide, the cotangent tie); the CPU export still holds them.
 * The plain formula every other backend gets, traced here on CPU with
-  ``_activation.plain_everywhere()``, meets the same ulp bounds as the CPU path.
+  ``_activation.plain_everywhere()``, meets the same ulp bounds as the CPU path (the same
+  check as test_activations.py's sweep).
 * A plain call, ``jax.vjp``'s primal and ``mode="jvp"``'s primal are bit for bit equal on every
   input, NaN and ±inf included, for the built-ins and for user activations.
 * A β array is traced: new values do not compile again.
@@ -95,19 +96,8 @@ def test_cpu_export_keeps_its_devices():
     assert cpu.count("stablehlo.select") == plain.count("stablehlo.select") + 1
 
 
-ELU_PLAIN = pytest.mark.xfail(
-    strict=False, reason="the ELU family's plain path misses its bounds: not yet investigated"
-)
-
-
 @pytest.mark.parametrize("name", FLOAT_DTYPES)
-@pytest.mark.parametrize(
-    "entry",
-    [
-        pytest.param(e, id=e.name, marks=[ELU_PLAIN] if e.name in ("elu", "celu", "selu") else [])
-        for e in registry.ENTRIES
-    ],
-)
+@pytest.mark.parametrize("entry", registry.ENTRIES, ids=lambda e: e.name)
 def test_plain_path_meets_the_same_bounds(entry, name):
     xs, n = generic._inputs(entry.name, name)
     keys = [(r, m) for r in entry.residuals for m in ("vjp", "jvp")]
@@ -116,12 +106,7 @@ def test_plain_path_meets_the_same_bounds(entry, name):
         out = jax.jit(lambda x: [f(x) for f in fs])(jnp.asarray(xs))
     for (residual, mode), (y, g) in zip(keys, out):
         y, g = np.asarray(y)[:n], np.asarray(g)[:n]
-        assert np.all(np.isfinite(y.astype(np.float64))), (residual, mode)
-        assert np.all(np.isfinite(g.astype(np.float64))), (residual, mode)
-        fe, ge = generic._errors(entry, xs[:n], y, g, name)
-        tol_f, tol_g = entry.tolerance(name, residual)
-        assert fe.max() <= tol_f, f"{residual}/{mode}: forward {generic._worst(xs[:n], fe)}"
-        assert ge.max() <= tol_g, f"{residual}/{mode}: gradient {generic._worst(xs[:n], ge)}"
+        generic.assert_finite_and_accurate(entry, xs[:n], y, g, name, residual)
 
 
 # ------------------------------------------------------------- plain == differentiated
