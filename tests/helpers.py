@@ -14,6 +14,18 @@ import numpy as np
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
+def slow_unless(values, default, ids=None):
+    """``values`` as pytest params: those in ``default`` run by default, the rest only under
+    ``-m slow`` (CI runs both), so the README's test command stays within its time."""
+    import pytest
+
+    ids = ids or [v if isinstance(v, str) else getattr(v, "__name__", str(v)) for v in values]
+    return [
+        pytest.param(v, id=i, marks=() if v in default else pytest.mark.slow)
+        for v, i in zip(values, ids)
+    ]
+
+
 def np_dtype(name: str) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 

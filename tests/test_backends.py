@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import registry
 import test_activations as generic
-from helpers import FLOAT_DTYPES, edge_points, np_dtype, sweep, ulp_error
+from helpers import FLOAT_DTYPES, edge_points, np_dtype, slow_unless, sweep, ulp_error
 
 import stable_layers as sl
 from stable_layers import _activation, _softplus
@@ -59,8 +59,10 @@ def _builtins():
                 yield pytest.param(f, id=f"{e.name}-{residual}-{mode}")
 
 
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
+@pytest.mark.parametrize("platform", slow_unless(["cuda", "tpu"], ("cuda",)))
+@pytest.mark.parametrize(
+    "dtype", slow_unless([jnp.float32, jnp.float16], (jnp.float16,), ["float32", "float16"])
+)
 @pytest.mark.parametrize("f", list(_builtins()))
 def test_other_backends_get_the_plain_formula(f, dtype, platform):
     x = jnp.ones((64,), dtype)
@@ -96,7 +98,7 @@ def test_cpu_export_keeps_its_devices():
     assert cpu.count("stablehlo.select") == plain.count("stablehlo.select") + 1
 
 
-@pytest.mark.parametrize("name", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", slow_unless(FLOAT_DTYPES, ("float16", "float32")))
 @pytest.mark.parametrize("entry", registry.ENTRIES, ids=lambda e: e.name)
 def test_plain_path_meets_the_same_bounds(entry, name):
     xs, n = generic._inputs(entry.name, name)
@@ -155,7 +157,7 @@ def _agreement_inputs(name):
     return x.astype(np_dtype(name))
 
 
-@pytest.mark.parametrize("name", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", slow_unless(FLOAT_DTYPES, ("float16",)))
 @pytest.mark.parametrize("fn,residuals", list(_cases()))
 def test_plain_and_differentiated_calls_agree_bit_for_bit(fn, residuals, name):
     x = jnp.asarray(_agreement_inputs(name))
@@ -215,6 +217,30 @@ def test_beta_array_values_are_still_checked_eagerly():
             sl.softplus(x, beta=bad)
     with pytest.raises(ValueError, match="beta.*outside the range of the float32"):
         sl.softplus(x, beta=np.float64(1e300) * np.ones(()))
+
+
+@pytest.mark.parametrize("act", ["softplus", "snake"])
+def test_one_jaxpr_differentiated_both_ways(act):
+    # The same jitted program (x and a β or α array), differentiated with respect to x alone,
+    # to both and to the parameter alone, agrees with itself and with a float64 difference.
+    # (The vjp rule keeps one residual structure for all three, because JAX can reuse a cached
+    # one: in CI's full-suite order a grad w.r.t. β after a vjp w.r.t. x once failed inside
+    # JAX. That order-dependent failure does not reproduce in isolation; this checks the
+    # three differentiations' results.)
+    fn = {"softplus": lambda x, p: sl.softplus(x, beta=p), "snake": sl.snake}[act]
+    x = jnp.linspace(-3.0, 3.0, 7, dtype=jnp.float32)
+    p = jnp.float32(0.75)
+    step = jax.jit(fn)
+    _, vjp_x = jax.vjp(lambda x: step(x, p), x)
+    gx = vjp_x(jnp.ones_like(x))[0]
+    gx2, gp = jax.grad(lambda x, p: jnp.sum(step(x, p)), argnums=(0, 1))(x, p)
+    gp2 = jax.grad(lambda p: jnp.sum(step(x, p)))(p)
+    np.testing.assert_array_equal(gx, gx2)
+    np.testing.assert_array_equal(gp, gp2)
+    # The parameter's gradient against a float64 central difference.
+    x64, eps = x.astype(jnp.float64), 1e-4
+    fd = (jnp.sum(fn(x64, 0.75 + eps)) - jnp.sum(fn(x64, 0.75 - eps))) / (2 * eps)
+    np.testing.assert_allclose(float(gp), float(fd), rtol=1e-5)
 
 
 # ------------------------------------------------- output-saving in half precision

@@ -32,6 +32,7 @@ from helpers import (
     np_dtype,
     saved_residuals,
     silu_grad_ref,
+    slow_unless,
 )
 from jax.ad_checkpoint import checkpoint_policies
 from jax.scipy.special import erfc
@@ -118,7 +119,7 @@ def _bits_of(a: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("bits", BITS_PARAMS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float16",)))
 @pytest.mark.parametrize("name,fn,ref,tag", CODED_PARAMS)
 def test_forward_is_bit_for_bit_the_value_without_bits(name, fn, ref, tag, dtype, bits):
     x = np.concatenate([_inputs(dtype, limit=100.0), edge_points(dtype)])
@@ -132,7 +133,7 @@ def test_forward_is_bit_for_bit_the_value_without_bits(name, fn, ref, tag, dtype
         np.testing.assert_array_equal(_bits_of(got), _bits_of(plain))
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float32",)))
 @pytest.mark.parametrize("bits", BITS_PARAMS)
 @pytest.mark.parametrize("fn", [SILU, sl.xsin, RAMP], ids=["custom_silu", "xsin", "ramp"])
 def test_all_that_is_kept_is_the_packed_words_and_scalars(fn, bits, dtype):
@@ -268,7 +269,7 @@ def assert_within_code_bound(got, slope64, bits, dtype, *, slope_rtol=0.0, label
 
 
 @pytest.mark.parametrize("bits", BITS_PARAMS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float32",)))
 @pytest.mark.parametrize("name,fn,ref,tag", CODED_PARAMS)
 def test_error_bound_against_a_float64_slope(name, fn, ref, tag, dtype, bits):
     limit = 60.0 if name == "xsin" else 12.0
@@ -281,7 +282,7 @@ def test_error_bound_against_a_float64_slope(name, fn, ref, tag, dtype, bits):
     assert_within_code_bound(got, slope, bits, dtype, slope_rtol=rtol, label=name)
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float32",)))
 def test_error_bound_holds_up_to_finfo_max(dtype):
     """Slopes at ±finfo.max: max - min overflows the dtype, the bound must still hold."""
     big = float(ml_dtypes.finfo(np_dtype(dtype)).max)
@@ -306,7 +307,7 @@ def test_error_bound_holds_up_to_finfo_max(dtype):
 
 
 @pytest.mark.parametrize("bits", BITS_PARAMS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float32",)))
 @pytest.mark.parametrize("name,fn,ref,tag", CODED_PARAMS)
 def test_one_element_tensor_gets_its_exact_slope(name, fn, ref, tag, dtype, bits):
     for shape in [(), (1,), (1, 1)]:
@@ -327,7 +328,7 @@ def test_one_element_tensor_exact_at_finfo_max():
 
 
 @pytest.mark.parametrize("size", [6, 1000, 1 << 16])
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float32",)))
 def test_nonfinite_slopes_spoil_nothing_else(dtype, size):
     """XLA on CPU's min/max ignore NaN above some size and propagate it below: both sizes."""
     rng = np.random.default_rng(size)
@@ -385,7 +386,7 @@ def test_no_higher_derivatives_an_error_naming_bits(fn):
         assert np.isfinite(np.asarray(jax.grad(loss)(x))).all()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", slow_unless(FLOAT_DTYPES, ("float16",)))
 @pytest.mark.parametrize("fn", [SILU, sl.xsin, sl.gelu], ids=["custom_silu", "xsin", "gelu"])
 def test_output_and_cotangent_dtypes_as_without_codes(fn, dtype):
     x = jnp.linspace(-2.0, 2.0, 9).astype(np_dtype(dtype))

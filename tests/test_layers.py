@@ -30,7 +30,16 @@ import optax
 import pytest
 import registry
 from flax import nnx
-from helpers import BF16, F32, F64, assert_tree_close, big_inputs, naive_overflows, softplus_ref
+from helpers import (
+    BF16,
+    F32,
+    F64,
+    assert_tree_close,
+    big_inputs,
+    naive_overflows,
+    slow_unless,
+    softplus_ref,
+)
 
 import stable_layers as sl
 from stable_layers import equinox as sl_eqx
@@ -337,7 +346,9 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("net", list(NETWORKS))
+@pytest.mark.parametrize(
+    "net", slow_unless(list(NETWORKS), ("softplus-learnable-vjp", "snake-learnable"))
+)
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_sequential_drop_in_jit_and_grad(fw, net):
     makers, refs, sizes, inputs = NETWORKS[net]

@@ -4,9 +4,10 @@
   like XLA's (affine, affine with alignment steps, steeper at small batches) and on the edges
   (nothing fits, everything fits up to the cap).
 * The script in quick mode (a small model, a few steps, a subset of the activations), run in a
-  subprocess as a user would: the ``metrics.json`` contract, that the batch it reports fits
-  and the next one does not (as the script printed them), that the loss curves agree with the
-  ``jax.nn`` peer's, and the ordering of the largest batches that the library promises.
+  subprocess as a user would (marked slow: about a minute; CI runs it): the ``metrics.json``
+  contract, that the batch it reports fits and the next one does not (as the script printed
+  them), that the loss curves agree with the ``jax.nn`` peer's, and the ordering of the
+  largest batches that the library promises.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def test_flax_script_keeps_the_contract(tmp_path):
     assert runs["softplus"]["losses"] == pytest.approx(runs["jax-softplus"]["losses"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_metrics_contract(quick):
     _, metrics, out = quick
     assert {"budget_bytes", "dtype", "backend", "runs"} <= set(metrics)
@@ -167,6 +169,7 @@ def test_metrics_contract(quick):
     assert (out / "budget.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.slow
 def test_the_next_batch_does_not_fit(quick):
     proc, metrics, _ = quick
     for r in metrics["runs"]:
@@ -179,6 +182,7 @@ def test_the_next_batch_does_not_fit(quick):
         assert at_next * 2**20 > metrics["budget_bytes"] - 0.01 * 2**20, line
 
 
+@pytest.mark.slow
 def test_table_has_a_row_per_activation_with_the_ratio(quick):
     proc, metrics, _ = quick
     by = {r["activation"]: r for r in metrics["runs"]}
@@ -190,6 +194,7 @@ def test_table_has_a_row_per_activation_with_the_ratio(quick):
         assert row[3] == f"{r['largest_batch'] / peer['largest_batch']:.2f}"
 
 
+@pytest.mark.slow
 def test_loss_curves_agree_with_the_jax_nn_peer(quick):
     _, metrics, _ = quick
     by = {r["activation"]: r["losses"] for r in metrics["runs"]}
@@ -208,6 +213,7 @@ def test_loss_curves_agree_with_the_jax_nn_peer(quick):
         assert sum(losses[-3:]) / 3 < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_largest_batches_are_ordered(quick):
     """What the library promises: never a smaller batch than jax.nn's with the exact rule; the
     output-saving softplus a larger one; coarser slope codes never a smaller one."""
@@ -224,6 +230,7 @@ def test_largest_batches_are_ordered(quick):
     "one hidden-size float32 array per example) that outweighs what they save at depth 2: "
     "measured in examples/README.md, 'How much bigger fits'",
 )
+@pytest.mark.slow
 def test_slope_codes_fit_a_larger_batch_than_jax_nn(quick):
     _, metrics, _ = quick
     n = {r["activation"]: r["largest_batch"] for r in metrics["runs"]}

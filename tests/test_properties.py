@@ -87,7 +87,7 @@ RANGES = {"softplus": _softplus_range, "log_sigmoid": _log_sigmoid_range, "xsin"
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_finite_in_finite_out(entry, data):
     name, x = data.draw(inputs())

@@ -1,8 +1,9 @@
 """The memory guide's remat section (docs/memory.md): every snippet runs and its claims hold.
 
 The snippets of "Remat policies that keep only stable_layers' arrays" run in a subprocess
-with a clean JAX environment (this process has x64 enabled by conftest.py, which would make
-the models float64 and double every figure), in page order in one namespace, as
+with a clean JAX environment (marked slow, as the other page runs; this process has x64
+enabled by conftest.py, which would make the models float64 and double every figure), in
+page order in one namespace, as
 tests/test_docs.py runs a whole page. Each snippet asserts its own claims (what
 ``print_saved_residuals`` lists, the temp memory a policy costs, the matmuls it recomputes,
 the offloaded gradient); the tests here check that each ran, that the figures the guide's
@@ -95,6 +96,7 @@ def ran():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(TITLES)), ids=TITLES)
 def test_snippet_runs_and_its_claims_hold(ran, index):
     results = ran["results"]
@@ -115,6 +117,7 @@ def _table(after: str) -> list[list[str]]:
     return rows[2:]  # less the header and the rule
 
 
+@pytest.mark.slow
 def test_the_memory_table_quotes_what_the_snippet_printed(ran):
     printed = {}
     for line in ran["results"][1]["stdout"].splitlines():
@@ -127,6 +130,7 @@ def test_the_memory_table_quotes_what_the_snippet_printed(ran):
         assert quoted == printed[name], (name, quoted, printed[name])
 
 
+@pytest.mark.slow
 def test_the_offload_snippet_says_why_it_skips_on_cpu(ran):
     out = ran["results"][5]["stdout"]
     if ran["backend"] == "cpu":
@@ -135,6 +139,7 @@ def test_the_offload_snippet_says_why_it_skips_on_cpu(ran):
         assert "host temp" in out
 
 
+@pytest.mark.slow
 def test_the_forward_count_table_is_what_the_snippet_counted(ran):
     counted = {}
     for line in ran["results"][6]["stdout"].splitlines():

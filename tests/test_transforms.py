@@ -75,7 +75,15 @@ DEFAULTS = [
 X = jnp.linspace(-20.0, 20.0, 24, dtype=jnp.float64).reshape(4, 6)
 
 
-@pytest.mark.parametrize("f,ref,dref,d2ref", KERNELS)
+def _vjp_by_default(params):
+    """The same kernels; mode="jvp" ones under -m slow (the rules share their math)."""
+    return [
+        p if p.id.endswith("-vjp") else pytest.param(*p.values, id=p.id, marks=pytest.mark.slow)
+        for p in params
+    ]
+
+
+@pytest.mark.parametrize("f,ref,dref,d2ref", _vjp_by_default(KERNELS))
 def test_jit_vmap_grad(f, ref, dref, d2ref):
     x64 = np.asarray(X)
     np.testing.assert_allclose(jax.jit(f)(X), ref(x64), rtol=1e-13)
@@ -84,14 +92,14 @@ def test_jit_vmap_grad(f, ref, dref, d2ref):
     np.testing.assert_allclose(g, dref(x64), rtol=1e-12, atol=1e-300)
 
 
-@pytest.mark.parametrize("f,ref,dref,d2ref", KERNELS)
+@pytest.mark.parametrize("f,ref,dref,d2ref", _vjp_by_default(KERNELS))
 def test_grad_of_grad_under_jit_and_vmap(f, ref, dref, d2ref):
     x = jnp.array([-30.0, -2.0, 0.0, 0.3, 4.0, 30.0], jnp.float64)
     g2 = jax.jit(jax.vmap(jax.grad(jax.grad(f))))(x)
     np.testing.assert_allclose(g2, d2ref(np.asarray(x)), rtol=1e-12, atol=1e-300)
 
 
-@pytest.mark.parametrize("f,ref,dref,d2ref", DEFAULTS)
+@pytest.mark.parametrize("f,ref,dref,d2ref", _vjp_by_default(DEFAULTS))
 def test_checkpoint_and_scan(f, ref, dref, d2ref):
     def loss(x):
         return jnp.sum(f(x) * jnp.cos(x))

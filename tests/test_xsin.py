@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FLOAT_DTYPES, np_dtype, sweep, xsin_grad_ref, xsin_ref
+from helpers import FLOAT_DTYPES, np_dtype, slow_unless, sweep, xsin_grad_ref, xsin_ref
 from jax.test_util import check_grads
 
 import stable_layers as sl
@@ -20,7 +20,9 @@ def grad_of(f):
     return lambda x: jax.grad(lambda x: jnp.sum(f(x)))(x)
 
 
-@pytest.mark.parametrize("name", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize(
+    "name", slow_unless(["float16", "bfloat16", "float32"], ("float16", "float32"))
+)
 @pytest.mark.parametrize("residual,mode", POLICIES)
 def test_values_and_gradients_vs_float64(name, residual, mode):
     x = sweep(name, n=1 << 16, limit=50.0)
