@@ -25,6 +25,7 @@ ASSETS = ROOT / "docs" / "assets"
 # docs/assets/<name>: its source in the repository.
 COPIES = {
     "loss_float16_digits_equinox.png": "examples/figures/loss_float16_digits_equinox.png",
+    "memory_budget_float32.png": "examples/figures/memory_budget_float32.png",
     "memory_depth.png": "benchmarks/memory_depth.png",
     "scaling.png": "benchmarks/scaling.png",
 }

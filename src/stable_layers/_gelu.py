@@ -175,7 +175,7 @@ def _exact_value(x: jax.Array) -> jax.Array:
     # x·Φ(x) = -φ(x)·M(x) down there, one rounding fewer than x·(φ·M/|x|).
     far = -(phi_s * _mills(xa, below)) * f
     xv = jnp.where(asym, 0.0, x)  # double where
-    # x · Φ(x): -inf · 0 = NaN at x = -inf (issue 16's table, torch's value).
+    # x · Φ(x): -inf · 0 = NaN at x = -inf (torch's value).
     return jnp.where(asym, jnp.where(x == -jnp.inf, jnp.nan, far), xv * _cdf(xv))
 
 

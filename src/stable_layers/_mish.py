@@ -38,7 +38,7 @@ def _value(x: jax.Array) -> jax.Array:
     m = 1 + 2 * e + 2 * (e * e)
     t = jnp.where(neg, e * (1 - c), 1 - 2 * (e * e) / m)
     tail, e_tail = _tail(x)
-    # -inf · 0 = NaN at x = -inf: torch's and jax.nn's value there (issue 16's table).
+    # -inf · 0 = NaN at x = -inf: torch's and jax.nn's value there.
     return jnp.where(tail, (x * e_tail) * _E_M64, x * t)
 
 
