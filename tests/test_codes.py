@@ -441,17 +441,47 @@ def _step_bytes(key: str, dtype: str, bits: int | None = None) -> int:
     )
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 15 goal missed on XLA:CPU for SiLU (96 MiB = 0.52x jax.nn.silu in float32) and "
-    "GELU (1.09-1.26x the identity+codes allowance): the encode/decode keeps float32 transients",
+# The goals these memory tests pin that XLA:CPU misses, measured (CI runs them with -m slow):
+# the encode/decode keeps float32 transients. strict: a case that starts to pass fails CI,
+# so the marks are kept to the cases that miss.
+SILU_MISS = pytest.mark.xfail(
+    strict=True,
+    reason="missed on XLA:CPU: the custom SiLU with codes needs 96 MiB in float32, "
+    "0.52x jax.nn.silu's 184 (goal 0.5x)",
 )
-@pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("name", ["silu", "gelu", "xsin"])
-def test_mlp_memory_against_the_uncoded_peer_float32(name, bits):
+ALLOWANCE_MISS = pytest.mark.xfail(
+    strict=True,
+    reason="missed on XLA:CPU: 1.02-1.26x identity + codes + one float32 layer for "
+    "the custom SiLU and GELU (xsin's codes meet it)",
+)
+
+
+def _memory_cases(dtypes, miss):
+    """(name, bits, dtype) params; ``miss(name, bits, dtype)``: the xfail mark, or None."""
+    return [
+        pytest.param(n, b, d, marks=[m] if (m := miss(n, b, d)) else [], id=f"{n}-{b}-{d}")
+        for n in ("silu", "gelu", "xsin")
+        for b in BITS
+        for d in dtypes
+    ]
+
+
+def _peer_miss(name, bits, dtype):
+    return SILU_MISS if name == "silu" else None
+
+
+def _allowance_miss(name, bits, dtype):
+    if name == "gelu" or (name == "silu" and (bits, dtype) != (8, "float32")):
+        return ALLOWANCE_MISS
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,bits,dtype", _memory_cases(["float32"], _peer_miss))
+def test_mlp_memory_against_the_uncoded_peer_float32(name, bits, dtype):
     """Issue 15 section 4: <= 0.5x jax.nn.silu / jax.nn.gelu(approximate=False), and xsin
     with bits=8 <= 0.7x autodiff x*sin(x), in float32."""
+    assert dtype == "float32"
     ours, ref = _step_bytes(name, "float32", bits), _step_bytes(name, "float32")
     target = {"silu": 0.5, "gelu": 0.5, "xsin": 0.7 if bits == 8 else None}[name]
     print(f"{name} bits={bits} float32: {ours / 2**20:.1f} MiB = {ours / ref:.3f}x {ref / 2**20}")
@@ -461,14 +491,7 @@ def test_mlp_memory_against_the_uncoded_peer_float32(name, bits):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 15 goal missed on XLA:CPU for SiLU (96 MiB = 0.52x jax.nn.silu in float32) and "
-    "GELU (1.09-1.26x the identity+codes allowance): the encode/decode keeps float32 transients",
-)
-@pytest.mark.parametrize("dtype", MEM_DTYPES)
-@pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("name", ["silu", "gelu", "xsin"])
+@pytest.mark.parametrize("name,bits,dtype", _memory_cases(MEM_DTYPES, _allowance_miss))
 def test_mlp_memory_is_identity_plus_the_codes(name, bits, dtype):
     """Every dtype: <= 1.10x identity + the codes (depth x batch x width x bits/8 bytes) + one
     float32 array of one layer's activations."""
@@ -542,9 +565,10 @@ def _train_digits(bits, dtype, steps=150, batch=128, lr=5e-3, seed=0):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=False,
-    reason="at seed 0 the float32 bits=4 last-20 loss is 1.16x the exact rule's (seeds 1, 2: "
-    "0.98x); losses near 1e-3 make the 10% goal noise-dominated",
+    strict=True,
+    reason="at seed 0 the bits=4 mean loss over the last 20 steps is 1.18x the exact rule's in "
+    "float32 and 1.78x in bfloat16 (training accuracy 1.0, as the exact rule's): losses near 1e-3 "
+    "make the 10% goal noise-dominated (float32 seeds 1, 2: 0.98x)",
 )
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_training_with_4_bit_codes_matches_the_exact_rule(dtype):
