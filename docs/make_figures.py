@@ -5,7 +5,7 @@
 * copies the figures the site shows from where they are made: the training example's loss
   plot (examples/figures/) and the benchmark plots (benchmarks/*.png, written by
   ``python benchmarks/run.py``); tests/test_docs.py checks that the copies are current;
-* draws docs/assets/accuracy_ulp.png from benchmarks/results.json (schema 2): the max error in
+* draws docs/assets/accuracy_ulp.png from benchmarks/results.json (schema 2 or 3): the max error in
   ulps of each softplus, log_sigmoid and x·sin(x) variant but the naive ones (non-finite),
   forward and gradient, per dtype (bars), and the 99.9th percentile (dots).
 
@@ -70,8 +70,8 @@ def accuracy_figure(results: dict, out: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     schema = results.get("schema")
-    if schema != "stable_layers.benchmarks/2":
-        raise SystemExit(f"benchmarks/results.json has schema {schema!r}; this script reads 2")
+    if schema not in ("stable_layers.benchmarks/2", "stable_layers.benchmarks/3"):
+        raise SystemExit(f"benchmarks/results.json has schema {schema!r}; this script reads 2, 3")
     accuracy, entries = results["accuracy"], results["entries"]
     groups = [(dtype, which) for dtype in DTYPES for which in ("forward", "gradient")]
     top = max(
