@@ -74,6 +74,25 @@ def test_other_backends_get_the_plain_formula(f, dtype, platform):
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize(
+    "entry", [e for e in registry.ENTRIES if "derivative" in e.residuals], ids=lambda e: e.name
+)
+def test_slope_codes_keep_their_cond_on_cpu_only(entry, platform):
+    # The range and the packing run inside a cond on XLA:CPU alone; elsewhere, the plain encode.
+    f = _fwd_bwd(functools.partial(entry.fn, bits=4))
+    x = jnp.ones((64,), jnp.float16)
+    text = _exported(f, x, platform)
+    assert "stablehlo.case" not in text
+    assert "stablehlo.case" in _exported(f, x, "cpu")
+    with _activation.plain_everywhere():
+        plain = _exported(f, x, "cpu")
+    # No CPU device reaches it: no float16 store-once divide either (the encode's own
+    # operations may be arranged differently at the primitive's boundary, so only these
+    # are compared).
+    assert _ops(text).count("stablehlo.divide") == _ops(plain).count("stablehlo.divide")
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_xsin_uses_the_backends_sin_and_cos(platform):
     text = _exported(_fwd_bwd(sl.xsin), jnp.ones((64,), jnp.float32), platform)
     assert "stablehlo.sine" in text and "stablehlo.cosine" in text
