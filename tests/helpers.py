@@ -205,6 +205,31 @@ def mlp_temp_bytes(act, dtype=jnp.float32, depth=8, width=256, batch=512, bias=F
     return step.lower((ws, bs), x).compile().memory_analysis().temp_size_in_bytes
 
 
+def scanned_blocks_temp_bytes(act, dtype=jnp.float32, depth=4, width=128, hidden=512, batch=1024):
+    """Compiled temp memory of the gradient step of ``depth`` residual blocks
+    ``h + act(h @ W1) @ W2`` with stacked parameters, applied by ``jax.lax.scan`` (a
+    transformer's MLP blocks, as in examples/memory_budget.py).
+
+    Under ``scan`` every distinct array the backward pass needs is stacked across the
+    blocks; XLA cannot recompute or deduplicate it as it does for a Python loop. float32
+    parameters are cast to ``dtype`` and the loss is taken in float32.
+    """
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    w1 = jax.random.normal(k1, (depth, width, hidden), jnp.float32) / 16
+    w2 = jax.random.normal(k2, (depth, hidden, width), jnp.float32) / 16
+    x = jnp.ones((batch, width), jnp.float32)
+
+    def loss(params, x):
+        def block(h, w):
+            return h + act(h @ w[0].astype(dtype)) @ w[1].astype(dtype), None
+
+        h = jax.lax.scan(block, x.astype(dtype), params)[0]
+        return jnp.mean(h.astype(jnp.float32) ** 2)
+
+    step = jax.jit(jax.grad(loss))
+    return step.lower((w1, w2), x).compile().memory_analysis().temp_size_in_bytes
+
+
 # --------------------------------------------------------------------------------------
 # Edge points and the minimal output-saving rule (the generic tests of test_activations.py).
 # --------------------------------------------------------------------------------------

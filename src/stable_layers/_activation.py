@@ -454,15 +454,23 @@ class Activation:
         cd = compute_dtype(x.dtype)
         return self.forward(x.astype(cd), *self._params(dyn, config, cd)).astype(x.dtype)
 
-    def _keep(self, x, y, dyn, config, params_differentiated) -> _Kept:
+    def _keep(self, x, y, dyn, config, params_differentiated) -> tuple[Array, _Kept]:
+        """(the output to return, what the backward pass keeps).
+
+        Where the policy keeps the output itself, the returned output is the tagged array
+        the rule keeps: one array, not ``y`` and a tagged copy of it. Under ``lax.scan`` each
+        distinct array the backward pass needs is stacked, and the next layer's matmul keeps
+        the output too (measured: the float32 softplus step of examples/memory_budget.py).
+        """
         policy = self.policies[config.residual]
-        saved = policy.keep(x, y, self._params(dyn, config, compute_dtype(x.dtype)))
-        saved = checkpoint_name(saved, self.name)
+        raw = policy.keep(x, y, self._params(dyn, config, compute_dtype(x.dtype)))
+        saved = checkpoint_name(raw, self.name)
+        y = next((s for r, s in zip(raw, saved) if r is y), y)
         if not params_differentiated:
-            return _Kept(saved, ())
+            return y, _Kept(saved, ())
         # A policy that keeps x already gives the parameters' derivatives what they need.
         x_kept = saved[0] if policy.keeps_input else checkpoint_name(x, self.name)
-        return _Kept(saved, (x_kept,))
+        return y, _Kept(saved, (x_kept,))
 
     def _slope(self, kept, dyn, config, g=None):
         cd = compute_dtype(kept.saved[0].dtype)
@@ -508,7 +516,7 @@ def _vjp_rule(act: Activation):
         # y through the custom_jvp rule: grad-of-grad differentiates this forward and then
         # gets the declared derivatives instead of autodiff of the forward formula.
         y = _store_half(act._jvp(x, dyn, config), x)
-        kept = act._keep(x, y, dyn, config, differentiated)
+        y, kept = act._keep(x, y, dyn, config, differentiated)
         if dyn and not differentiated:
             empty = _input_for_params(x, dyn, False)
             kept = kept._replace(input=checkpoint_name(empty, act.name))
@@ -559,7 +567,7 @@ def _jvp_rule(act: Activation):
         # The rule calls itself for the primal, so derivatives of any order use it.
         y = _store_half(rule(x, dyn, config), x)
         wanted = tuple(not isinstance(t, SymbolicZero) for t in ddyn)
-        kept = act._keep(x, y, dyn, config, any(wanted))
+        y, kept = act._keep(x, y, dyn, config, any(wanted))
 
         # Under jax.checkpoint, reverse mode linearizing this keeps the map's inputs (the
         # policy's arrays) rather than the slope it computes, a second full-size array.
