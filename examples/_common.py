@@ -379,12 +379,18 @@ class Run:
 
 
 def train(
-    activation: str, run: Run, args: argparse.Namespace, order: np.ndarray, place: Placement
+    activation: str,
+    run: Run,
+    args: argparse.Namespace,
+    order: np.ndarray,
+    place: Placement,
+    progress: bool = True,
 ) -> dict:
     """Runs ``args.steps`` steps over the batches in ``order``; returns the run's metrics entry.
 
     Stops at the first non-finite loss and keeps the parameters from before it (see the module
-    docstring for what is recorded then).
+    docstring for what is recorded then). ``progress=False`` hides the progress bar (runs
+    trained side by side in threads).
     """
     data: Dataset = args.data
     state = place.replicate(run.state)
@@ -397,7 +403,7 @@ def train(
         range(1, args.steps + 1),
         desc=f"{activation:>6} {args.dtype}",
         unit="step",
-        disable=not main_process,
+        disable=not (main_process and progress),
     )
     for step in bar:
         x, y = place.batch(data, order[step - 1])

@@ -76,8 +76,11 @@ CPU_BUDGET_MIB = 256
 # workspaces, fragmentation, other live arrays).
 DEVICE_MARGIN = 0.10
 # LLVM's optimisation level, which acts after XLA's buffer assignment: memory_analysis() is
-# the same (checked at the defaults), each compile a third quicker, the step a little slower.
+# the same (checked at the defaults) and each search compile a fifth quicker, but the step runs
+# up to 3.5x slower (the library's gelu), so the training batch compiles without it.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# The search's second probe is at most this many times the first scaled to the budget.
+FAR = 16
 # No batch is searched beyond this (int32 index arithmetic stays safe at the default width).
 MAX_BATCH = 1 << 24
 
@@ -188,6 +191,12 @@ def parse_args(argv: list[str] | None = None, framework: str = "Equinox") -> arg
     parser.add_argument("--width", type=_positive_int, default=DEFAULT_WIDTH)
     parser.add_argument("--depth", type=_positive_int, default=DEFAULT_DEPTH, help="blocks")
     parser.add_argument(
+        "--unroll",
+        action="store_true",
+        help="apply the blocks in a Python loop rather than jax.lax.scan (compile time grows "
+        "with --depth, and XLA may recompute residuals across blocks)",
+    )
+    parser.add_argument(
         "--expansion", type=_positive_int, default=DEFAULT_EXPANSION, help="W1 is width x this"
     )
     parser.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help="Adam step size")
@@ -205,6 +214,10 @@ def parse_args(argv: list[str] | None = None, framework: str = "Equinox") -> arg
     if args.batch_size > n:
         parser.error(f"--batch-size {args.batch_size} is larger than digits's {n} examples")
     return args
+
+
+def layers(args: argparse.Namespace) -> str:
+    return "Python loop" if args.unroll else "lax.scan"
 
 
 def default_budget_bytes(device: jax.Device) -> tuple[int, str]:
@@ -249,26 +262,44 @@ class Block(eqx.Module):
         return x + jax.vmap(self.down)(self.act(h))
 
 
+class Stack(eqx.Module):
+    """``depth`` blocks whose parameters are stacked along a leading axis, applied in turn by
+    ``jax.lax.scan`` (compiled once, whatever the depth: the usual way to write a deep
+    transformer in JAX), or by a Python loop with ``unroll``."""
+
+    blocks: Block
+    unroll: bool = eqx.field(static=True)
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+        if self.unroll:
+            depth = jax.tree.leaves(params)[0].shape[0]
+            for i in range(depth):
+                x = eqx.combine(jax.tree.map(lambda a, i=i: a[i], params), static)(x)
+            return x
+        return jax.lax.scan(lambda h, p: (eqx.combine(p, static)(h), None), x, params)[0]
+
+
 def make_model(args: argparse.Namespace, act, key: jax.Array) -> eqx.nn.Sequential:
     """Embedding, ``--depth`` blocks, a final LayerNorm and the head (float32 parameters)."""
     width, hidden = args.width, args.width * args.expansion
     data = args.data
-    k_embed, k_head, *ks = jax.random.split(key, 2 + 2 * args.depth)
-    layers = [Rows(eqx.nn.Linear(data.num_features, width, key=k_embed))]
-    for k1, k2 in zip(ks[::2], ks[1::2], strict=True):
-        layers.append(
-            Block(
-                eqx.nn.LayerNorm(width),
-                eqx.nn.Linear(width, hidden, key=k1),
-                eqx.nn.Linear(hidden, width, key=k2),
-                act,
-            )
-        )
-    layers += [
-        Rows(eqx.nn.LayerNorm(width)),
-        Rows(eqx.nn.Linear(width, data.num_classes, key=k_head)),
-    ]
-    return eqx.nn.Sequential(layers)
+    k_embed, k_head, k_blocks = jax.random.split(key, 3)
+
+    @eqx.filter_vmap
+    def block(k: jax.Array) -> Block:
+        k1, k2 = jax.random.split(k)
+        up, down = eqx.nn.Linear(width, hidden, key=k1), eqx.nn.Linear(hidden, width, key=k2)
+        return Block(eqx.nn.LayerNorm(width), up, down, act)
+
+    return eqx.nn.Sequential(
+        [
+            Rows(eqx.nn.Linear(data.num_features, width, key=k_embed)),
+            Stack(block(jax.random.split(k_blocks, args.depth)), args.unroll),
+            Rows(eqx.nn.LayerNorm(width)),
+            Rows(eqx.nn.Linear(width, data.num_classes, key=k_head)),
+        ]
+    )
 
 
 Build = Callable[
@@ -319,12 +350,30 @@ class Step:
         self.keep = keep  # the training batch, whose executable the loop reuses
 
     def compile(self, batch: int) -> jax.stages.Compiled:
+        """The step compiled for ``batch``: at the training batch as for any run (it is
+        trained with), elsewhere with :data:`COMPILER_OPTIONS` from the symbolic program."""
         if batch not in self.compiled:
             x = jax.ShapeDtypeStruct((batch, self.num_features), jnp.float32)
             y = jax.ShapeDtypeStruct((batch,), jnp.int32)
-            lowered = self.jitted.lower(self.state, x, y)
-            self.compiled[batch] = lowered.compile(COMPILER_OPTIONS)
+            if batch == self.keep:
+                self.compiled[batch] = self.jitted.lower(self.state, x, y).compile()
+            else:
+                self.compiled[batch] = self._probe.lower(self.state, x, y).compile(COMPILER_OPTIONS)
         return self.compiled[batch]
+
+    @functools.cached_property
+    def _probe(self):
+        """The step traced once with a symbolic batch (``jax.export``), jitted: lowering it for
+        one more batch skips tracing the model again (0.05 s rather than 0.3 s a probe, on
+        this project's CPU), and compiles the same program (the same bytes, checked at the
+        defaults). Where a model cannot be traced with a symbolic batch, the plain step."""
+        (b,) = jax.export.symbolic_shape("batch")
+        x = jax.ShapeDtypeStruct((b, self.num_features), jnp.float32)
+        y = jax.ShapeDtypeStruct((b,), jnp.int32)
+        try:
+            return jax.jit(jax.export.export(self.jitted)(self.state, x, y).call)
+        except Exception:  # noqa: BLE001 - any tracing failure: the per-batch lowering works
+            return self.jitted
 
     def step_bytes(self, batch: int) -> int:
         """The compiled step's ``argument + output + temp - alias`` bytes at ``batch``."""
@@ -351,17 +400,24 @@ class Step:
         )
 
 
-def largest_batch(bytes_at: Callable[[int], int], budget: int, start: int) -> tuple[int, int]:
+def largest_batch(
+    bytes_at: Callable[[int], int], budget: int, start: int, fixed: int = 0
+) -> tuple[int, int]:
     """The largest batch ``n`` with ``bytes_at(n) <= budget``, and how many batches it tried.
 
     A bisection over compiles: ``lo`` fits (0 trivially), ``hi`` does not, and the bracket
     shrinks until ``hi == lo + 1``. Each probe is placed by the secant through the last two
     batches tried (a step's bytes grow nearly linearly with the batch, with a few kinks where
     XLA changes its plan, so the two most recent probes, the nearest the answer, give the
-    best local slope), kept strictly inside the bracket; before anything has been tried but
-    ``start``, ``start`` is scaled to the budget. Where a probe has not halved the bracket of
-    two probes before, the next is the bracket's midpoint, which bounds the count by twice a
-    plain bisection's. Assumes ``bytes_at`` does not decrease as the batch grows.
+    best local slope), kept strictly inside the bracket. The second probe scales ``start``'s
+    bytes above ``fixed`` (what does not grow with the batch: the parameters and the optimizer
+    state, in and out) to the budget, at most :data:`FAR` times ``start``'s whole bytes
+    scaled. At the defaults it lands far past the answer (small batches need less per
+    example), so the secant through the two has nearly the slope of large batches: 5 compiles
+    an activation where scaling the whole bytes took 6. Where a probe has not halved the
+    bracket of two probes before, the next is the bracket's midpoint, which bounds the count
+    by twice a plain bisection's (over a bracket up to ``FAR`` times wider with ``fixed``).
+    Assumes ``bytes_at`` does not decrease as the batch grows.
     """
     seen: dict[int, int] = {}
     order: list[int] = []
@@ -378,8 +434,10 @@ def largest_batch(bytes_at: Callable[[int], int], budget: int, start: int) -> tu
         if (hi is not None and hi - lo <= 1) or lo == MAX_BATCH:
             return lo, len(seen)
         widths.append(math.inf if hi is None else hi - lo)
-        if len(order) == 1:  # scale the one probe (an underestimate while bytes_at(0) > 0)
-            n = int(n * budget / seen[n])
+        if len(order) == 1:
+            scaled = n * budget / seen[n]
+            fixed = min(fixed, seen[n] - 1)
+            n = int(min(n * (budget - fixed) / (seen[n] - fixed), FAR * scaled))
         elif hi is not None and len(widths) >= 3 and widths[-1] > widths[-3] / 2:
             n = (lo + hi) // 2
         else:
@@ -514,14 +572,17 @@ def main(
     data = args.data
     print(
         f"model: {data.num_features} -> {args.width} -> {args.depth} x [x + W2 act(W1 "
-        f"LayerNorm(x)), hidden {args.width * args.expansion}] -> {data.num_classes}, compute "
+        f"LayerNorm(x)), hidden {args.width * args.expansion}] ({layers(args)}) -> "
+        f"{data.num_classes}, compute "
         f"{args.dtype}, Adam lr {args.lr}; step memory = argument + output + temp - alias "
         "bytes of the compiled step"
     )
 
     def search(name: str) -> tuple[Step, dict]:
         step = Step(name, args, keep=args.batch_size, build=build)
-        n, tried = largest_batch(step.step_bytes, budget, args.batch_size)
+        # The parameters and Adam's state are arguments and outputs at every batch.
+        fixed = 2 * sum(leaf.nbytes for leaf in jax.tree.leaves(step.state))
+        n, tried = largest_batch(step.step_bytes, budget, args.batch_size, fixed)
         if n == 0:
             raise SystemExit(
                 f"memory_budget: --budget-mib {budget / 2**20:g} does not fit a batch of 1 "
@@ -534,13 +595,14 @@ def main(
         slope = (b[n + 1] - b[n]) if n + 1 in b else (b[n] - b[a]) / (n - a)
         return step, {"largest_batch": n, "bytes_per_example": slope, "compiles": tried}
 
-    # XLA compiles outside the GIL: one search per core at a time.
-    with ThreadPoolExecutor(
-        max_workers=max(1, min(len(args.activations), os.cpu_count() or 1))
-    ) as pool:
+    # XLA compiles and runs outside the GIL: one activation per core at a time.
+    workers = max(1, min(len(args.activations), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         results = dict(zip(args.activations, pool.map(search, args.activations), strict=True))
     steps = {name: step for name, (step, _) in results.items()}
     found = {name: f for name, (_, f) in results.items()}
+    compiles = sum(f["compiles"] for f in found.values())
+    print(f"searched in {time.perf_counter() - start:.1f}s ({compiles} compiles)")
     for name, f in found.items():
         n, b = f["largest_batch"], steps[name].bytes
         print(
@@ -553,20 +615,29 @@ def main(
         print(f"training batch lowered to {batch}, the smallest largest batch")
     order = batch_order(len(data.y), batch, args.steps, args.seed)
     place = Placement(data_parallel=False)
-    runs = []
-    for name in args.activations:
-        trained = train(name, steps[name].run(batch), args, order, place)
-        runs.append(
-            {
-                "activation": name,
-                "largest_batch": found[name]["largest_batch"],
-                "bytes_per_example": found[name]["bytes_per_example"],
-                "losses": trained["losses"],
-                "step_bytes": steps[name].bytes[found[name]["largest_batch"]],
-                "compiles": found[name]["compiles"],
-                "train_accuracy": trained["train_accuracy"],
-            }
-        )
+
+    def fit(name: str) -> dict:
+        # Progress bars only when one activation trains at a time; side by side, a line each.
+        trained = train(name, steps[name].run(batch), args, order, place, progress=workers == 1)
+        if workers > 1:
+            loss = trained["final_loss"]
+            print(f"{name:>13} trained: {args.steps} steps, final loss {loss:.4g}", flush=True)
+        return trained
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        trained = dict(zip(args.activations, pool.map(fit, args.activations), strict=True))
+    runs = [
+        {
+            "activation": name,
+            "largest_batch": found[name]["largest_batch"],
+            "bytes_per_example": found[name]["bytes_per_example"],
+            "losses": trained[name]["losses"],
+            "step_bytes": steps[name].bytes[found[name]["largest_batch"]],
+            "compiles": found[name]["compiles"],
+            "train_accuracy": trained[name]["train_accuracy"],
+        }
+        for name in args.activations
+    ]
 
     metrics = {
         "budget_bytes": budget,
@@ -574,15 +645,20 @@ def main(
         "backend": jax.default_backend(),
         "batch_size": batch,
         "steps": args.steps,
-        "model": {"width": args.width, "depth": args.depth, "expansion": args.expansion},
+        "model": {
+            "width": args.width,
+            "depth": args.depth,
+            "expansion": args.expansion,
+            "layers": layers(args),
+        },
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2, allow_nan=False)
     title = (
-        f"{framework}, {args.depth} residual MLP blocks (width {args.width}, hidden "
-        f"{args.width * args.expansion}), {args.dtype}, {jax.default_backend()}"
+        f"{framework}, {args.depth} residual MLP blocks ({layers(args)}; width {args.width}, "
+        f"hidden {args.width * args.expansion}), {args.dtype}, {jax.default_backend()}"
     )
     plot(metrics, args.out / "budget.png", title)
     print(summary_table(runs))

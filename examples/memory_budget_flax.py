@@ -33,23 +33,48 @@ class Block(nnx.Module):
         return x + self.down(self.act(self.up(self.norm(x))))
 
 
+class Stack(nnx.Module):
+    """``depth`` blocks whose parameters are stacked along a leading axis (``nnx.vmap`` over
+    split rngs), applied in turn by ``nnx.scan``, or by a Python loop with ``unroll``."""
+
+    def __init__(self, args: argparse.Namespace, act: Callable, *, rngs: nnx.Rngs):
+        width, dtype = args.width, args.compute_dtype
+
+        @nnx.split_rngs(splits=args.depth)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def blocks(rngs: nnx.Rngs) -> Block:
+            return Block(width, width * args.expansion, act, dtype, rngs=rngs)
+
+        self.blocks = blocks(rngs)
+        self.depth = args.depth
+        self.unroll = args.unroll
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.unroll:
+            graphdef, params = nnx.split(self.blocks)
+            for i in range(self.depth):
+                x = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], params))(x)
+            return x
+
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def run(x: jax.Array, block: Block) -> jax.Array:
+            return block(x)
+
+        return run(x, self.blocks)
+
+
 class Model(nnx.Module):
     """Embedding, ``--depth`` blocks, a final LayerNorm and the head."""
 
     def __init__(self, args: argparse.Namespace, act: Callable, *, rngs: nnx.Rngs):
         width, dtype, data = args.width, args.compute_dtype, args.data
         self.embed = nnx.Linear(data.num_features, width, dtype=dtype, rngs=rngs)
-        self.blocks = nnx.List(
-            [Block(width, width * args.expansion, act, dtype, rngs=rngs) for _ in range(args.depth)]
-        )
+        self.blocks = Stack(args, act, rngs=rngs)
         self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
         self.head = nnx.Linear(width, data.num_classes, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.embed(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+        return self.head(self.norm(self.blocks(self.embed(x))))
 
 
 def build_flax(act, args: argparse.Namespace):
