@@ -176,3 +176,31 @@ def test_scanned_blocks_keep_the_output_once(entry, mode, dtype):
     if entry.peer is not None:
         peer = scanned_blocks_temp_bytes(entry.peer, jnp.dtype(dtype), batch=batch, hidden=hidden)
         assert ours < peer, (ours / 2**20, peer / 2**20)
+
+
+GELU_UNDER_SCAN = pytest.mark.xfail(
+    strict=True,
+    reason="XLA:CPU hoists the broadcast of each jnp.where constant in gelu's accurate formulas "
+    "out of the scan loop as a hidden-size array: 54.75 / 47.5 / 47.5 MiB in float32 / "
+    "bfloat16 / float16 with this suite's jax_enable_x64 (44.75 / 37.5 / 37.5 without), against "
+    "jax.nn.gelu's 44.75 / 41.75 / 28.5. Reading each constant from the select's mask kept them "
+    "in the loop (32.25 / 31.25 / 23.0 without x64) but cost the unrolled MLP step 10% "
+    "(192 -> 212 MiB in float32), so it is not done",
+)
+
+
+@pytest.mark.parametrize("dtype", slow_unless(MEMORY_DTYPES + HALF_DTYPES, ("float32",)))
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(e, id=e.name, marks=[GELU_UNDER_SCAN] if e.name == "gelu" else [])
+        for e in registry.ENTRIES
+        if e.peer is not None
+    ],
+)
+def test_scanned_blocks_keep_less_than_the_peer(entry, dtype):
+    """Every entry's default rule, in residual blocks under ``jax.lax.scan``, needs less than
+    its peer (``jax.nn``'s version or plain autodiff)."""
+    ours = scanned_blocks_temp_bytes(entry.fn, jnp.dtype(dtype))
+    peer = scanned_blocks_temp_bytes(entry.peer, jnp.dtype(dtype))
+    assert ours < peer, (ours / 2**20, peer / 2**20)
