@@ -232,11 +232,25 @@ def test_largest_batches_are_ordered(quick):
 
 @pytest.mark.slow
 def test_slope_codes_fit_a_larger_batch_than_jax_nn(quick):
-    """Under lax.scan (the script's default) the codes are what each block keeps: coarser codes
-    fit more, and both widths more than jax.nn.silu and the exact rule."""
+    """Under lax.scan (the script's default) the codes are what each block keeps: both widths
+    fit more than jax.nn.silu."""
     _, metrics, _ = quick
     n = {r["activation"]: r["largest_batch"] for r in metrics["runs"]}
     assert n["silu-bits8"] >= n["jax-silu"], n
+    assert n["silu-bits4"] >= n["jax-silu"], n
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="at the quick run's depth 2 the codes' encode/decode transient (once a step) outweighs "
+    "what 4-bit codes save over the exact rule's kept input: silu(bits=4) fits 2,283 against "
+    "silu's 2,402 (measured at 058b7cb); at the default depth 4 it fits 8,665 against 7,974 "
+    "(examples/README.md)",
+)
+@pytest.mark.slow
+def test_slope_codes_fit_a_larger_batch_than_the_exact_rule(quick):
+    _, metrics, _ = quick
+    n = {r["activation"]: r["largest_batch"] for r in metrics["runs"]}
     assert n["silu-bits4"] >= n["silu"], n
 
 
