@@ -611,8 +611,9 @@ def main(
         # Progress bars only when one activation trains at a time; side by side, a line each.
         trained = train(name, steps[name].run(batch), args, order, place, progress=workers == 1)
         if workers > 1:
-            loss = trained["final_loss"]
-            print(f"{name:>13} trained: {args.steps} steps, final loss {loss:.4g}", flush=True)
+            loss, stop = trained["final_loss"], trained["first_nonfinite_step"]
+            end = f"final loss {loss:.4g}" if stop is None else f"non-finite loss at step {stop}"
+            print(f"{name:>13} trained: {args.steps} steps, {end}", flush=True)
         return trained
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

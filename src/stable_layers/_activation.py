@@ -460,7 +460,8 @@ class Activation:
         Where the policy keeps the output itself, the returned output is the tagged array
         the rule keeps: one array, not ``y`` and a tagged copy of it. Under ``lax.scan`` each
         distinct array the backward pass needs is stacked, and the next layer's matmul keeps
-        the output too (measured: the float32 softplus step of examples/memory_budget.py).
+        the output too (``tests/test_memory.py::test_scanned_blocks_keep_the_output_once``:
+        float32 softplus blocks needed 23.5 MiB, the identity's 15.5, before this).
         """
         policy = self.policies[config.residual]
         raw = policy.keep(x, y, self._params(dyn, config, compute_dtype(x.dtype)))
