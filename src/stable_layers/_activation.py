@@ -82,6 +82,39 @@ def on_cpu(cpu: Callable[..., Any], default: Callable[..., Any], *args: Array) -
     """
     if _plain_everywhere:
         return default(*args)
+    return _bind(cpu, default, args)
+
+
+def whole(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as one primitive: partial evaluation keeps it whole (it runs where its inputs'
+    values are known, or is staged out entire).
+
+    Inlined, the jaxpr of a formula shows JAX each ``jnp.where``'s broadcast constant as an
+    operation of its own, with no input. Under ``lax.scan``, JAX's partial evaluation then
+    hoists every such constant out of the loop as a full-size loop-invariant residual: XLA:CPU
+    kept ten hidden-size arrays for the whole step for the exact gelu's formula in scanned
+    blocks (``tests/test_memory.py::test_scanned_blocks_keep_less_than_the_peer``). Lowered,
+    the primitive inlines ``fn``'s operations: XLA sees what it saw before. Python scalars
+    among the arguments stay constants; its derivatives are ``fn``'s.
+    """
+
+    @functools.wraps(fn)
+    def run(*args):
+        leaves, tree = jax.tree.flatten(args)
+        static = [isinstance(a, (bool, int, float)) for a in leaves]
+
+        def call(*arrays):
+            it = iter(arrays)
+            full = [a if s else next(it) for a, s in zip(leaves, static)]
+            return fn(*jax.tree.unflatten(tree, full))
+
+        arrays = [a for a, s in zip(leaves, static) if not s]
+        return _bind(call, call, arrays)
+
+    return run
+
+
+def _bind(cpu: Callable[..., Any], default: Callable[..., Any], args: Any) -> Any:
     flat, in_tree = jax.tree.flatten(args)
     out_tree = jax.tree.structure(jax.eval_shape(default, *args))
 
@@ -372,6 +405,9 @@ class Activation:
         residuals: tuple[str, ...] | None,
         value_and_derivative: Callable[..., tuple[Array, Array]] | None,
     ):
+        forward, derivative = whole(forward), whole(derivative)
+        if value_and_derivative is not None:
+            value_and_derivative = whole(value_and_derivative)
         self.forward = forward
         self.derivative = derivative
         self.value_and_derivative = value_and_derivative
