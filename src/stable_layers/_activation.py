@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero
@@ -93,9 +94,12 @@ def whole(fn: Callable[..., Any]) -> Callable[..., Any]:
     operation of its own, with no input. Under ``lax.scan``, JAX's partial evaluation then
     hoists every such constant out of the loop as a full-size loop-invariant residual: XLA:CPU
     kept ten hidden-size arrays for the whole step for the exact gelu's formula in scanned
-    blocks (``tests/test_memory.py::test_scanned_blocks_keep_less_than_the_peer``). Lowered,
+    blocks (``tests/test_memory.py::test_scanned_blocks_keep_one_array_per_block``). Lowered,
     the primitive inlines ``fn``'s operations: XLA sees what it saw before. Python scalars
     among the arguments stay constants; its derivatives are ``fn``'s.
+
+    A formula with an effect (a ``jax.debug.callback``, an ``io_callback``) runs inlined, as
+    written, so that JAX sees the effect.
     """
 
     @functools.wraps(fn)
@@ -109,23 +113,36 @@ def whole(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*jax.tree.unflatten(tree, full))
 
         arrays = [a for a, s in zip(leaves, static) if not s]
-        return _bind(call, call, arrays)
+        closed, shapes = jax.make_jaxpr(call, return_shape=True)(*arrays)
+        if closed.effects:
+            return call(*arrays)
+        out_tree = jax.tree.structure(shapes)
+        as_fun = jax.extend.core.jaxpr_as_fun(closed)
+
+        def replay(*arrays):  # the traced formula, without tracing fn again
+            return jax.tree.unflatten(out_tree, as_fun(*arrays))
+
+        return _bind(replay, replay, arrays)
 
     return run
 
 
 def _bind(cpu: Callable[..., Any], default: Callable[..., Any], args: Any) -> Any:
     flat, in_tree = jax.tree.flatten(args)
-    out_tree = jax.tree.structure(jax.eval_shape(default, *args))
+    out_tree = []  # the output's structure, recorded by the bind's abstract evaluation
 
     def flat_fn(fn):
         def run(*flat):
-            return jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, flat)))
+            out, tree = jax.tree.flatten(fn(*jax.tree.unflatten(in_tree, flat)))
+            out_tree[:] = [tree]
+            return out
 
         return run
 
     out = _on_cpu_p.bind(*flat, cpu=flat_fn(cpu), default=flat_fn(default))
-    return jax.tree.unflatten(out_tree, out)
+    if not out_tree:  # a transformation that did not trace ``default`` for this bind
+        out_tree.append(jax.tree.structure(jax.eval_shape(default, *args)))
+    return jax.tree.unflatten(out_tree[0], out)
 
 
 _on_cpu_p = Primitive("stable_layers_on_cpu")
