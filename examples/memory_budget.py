@@ -58,12 +58,13 @@ from jax.scipy.special import erfc
 
 import stable_layers as sl
 
-# Sized so that `--activation all` (ten activations: four compiles each to find the largest
-# batch, then 100 steps) takes under a minute on the project's 2-core CPU machine.
+# Sized so that `--activation all` (ten activations: five compiles each to find the largest
+# batch, then 50 steps) takes under a minute on the project's 2-core CPU machine (56 s with
+# 60 steps, `time python examples/memory_budget.py`).
 DEFAULT_WIDTH = 128
 DEFAULT_DEPTH = 4
 DEFAULT_EXPANSION = 4
-DEFAULT_STEPS = 100
+DEFAULT_STEPS = 50
 DEFAULT_BATCH = 128
 DEFAULT_LR = 1e-3
 # CPU has no device memory limit to read: a fixed budget, large enough that the parameters
@@ -79,6 +80,16 @@ DEVICE_MARGIN = 0.10
 # the same (checked at the defaults) and each search compile a fifth quicker, but the step runs
 # up to 3.5x slower (the library's gelu), so the training batch compiles without it.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# On CPU the search's compiles (not the training batch's) also use XLA:CPU's legacy LLVM
+# emitters instead of its default fusion emitters: they compile this step 2-3x quicker (0.4 s
+# against 1.0 s at a batch of 1,001), and their bytes are the default's to within 0.1%
+# (tests/test_memory_budget.py::test_cpu_emitters_keep_the_bytes; 0.01% to 0.05% more at
+# every activation's float32 answer), so a largest batch may be a few examples off the
+# default program's (at most 6, softplus's, in that check). The trained step keeps the default
+# emitters: the legacy ones ran the library's gelu 3x slower.
+# An XLA that no longer knows the option compiles without it.
+CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+_UNKNOWN_OPTIONS: set[str] = set()
 # The search's second probe is at most this many times the first scaled to the budget.
 FAR = 16
 # No batch is searched beyond this (int32 index arithmetic stays safe at the default width).
@@ -343,7 +354,15 @@ class Step:
         self.state = (params, optimizer.init(params))
         self.jitted = jax.jit(step)
         predict = jax.jit(logits)
-        self.predict = lambda state, x: predict(state[0], x)
+
+        def quick_predict(state, x):
+            # Runs once, for the training accuracy: compiled as quickly as the search's probes.
+            options = dict(COMPILER_OPTIONS)
+            if jax.default_backend() == "cpu":
+                options.update(CPU_OPTIONS)
+            return compile_with(predict.lower(state[0], x), options)(state[0], x)
+
+        self.predict = quick_predict
         self.num_features = args.data.num_features
         self.compiled: dict[int, jax.stages.Compiled] = {}
         self.bytes: dict[int, int] = {}
@@ -351,7 +370,8 @@ class Step:
 
     def compile(self, batch: int) -> jax.stages.Compiled:
         """The step compiled for ``batch``: at the training batch as for any run (it is
-        trained with), elsewhere with :data:`COMPILER_OPTIONS`.
+        trained with), elsewhere with :data:`COMPILER_OPTIONS` (and on CPU
+        :data:`CPU_OPTIONS`).
 
         Each batch is traced again (about 0.3 s of the 1-2 s a probe takes on this project's
         CPU). Tracing once with a symbolic batch (``jax.export``) and lowering that for each
@@ -362,8 +382,12 @@ class Step:
             x = jax.ShapeDtypeStruct((batch, self.num_features), jnp.float32)
             y = jax.ShapeDtypeStruct((batch,), jnp.int32)
             lowered = self.jitted.lower(self.state, x, y)
-            options = None if batch == self.keep else COMPILER_OPTIONS
-            self.compiled[batch] = lowered.compile(options)
+            options = {}
+            if batch != self.keep:
+                options.update(COMPILER_OPTIONS)
+                if jax.default_backend() == "cpu":
+                    options.update(CPU_OPTIONS)
+            self.compiled[batch] = compile_with(lowered, options)
         return self.compiled[batch]
 
     def step_bytes(self, batch: int) -> int:
@@ -389,6 +413,20 @@ class Step:
             predict=self.predict,
             compile_step=lambda state, x, y: compiled,
         )
+
+
+def compile_with(lowered: jax.stages.Lowered, options: dict) -> jax.stages.Compiled:
+    """``lowered.compile(options)``, leaving out the :data:`CPU_OPTIONS` the installed XLA
+    does not know (it rejects them by name)."""
+    options = {k: v for k, v in options.items() if k not in _UNKNOWN_OPTIONS}
+    try:
+        return lowered.compile(options or None)
+    except Exception as error:  # jax's XlaRuntimeError, which newer jax renames
+        unknown = [k for k in options if k in CPU_OPTIONS and repr(k) in str(error)]
+        if "No such compile option" not in str(error) or not unknown:
+            raise
+        _UNKNOWN_OPTIONS.update(unknown)
+        return compile_with(lowered, options)
 
 
 def largest_batch(

@@ -181,9 +181,7 @@ def test_scanned_blocks_keep_the_output_once(entry, mode, dtype):
 @pytest.mark.parametrize("dtype", slow_unless(MEMORY_DTYPES + HALF_DTYPES, ("float32",)))
 @pytest.mark.parametrize(
     "entry",
-    [
-        pytest.param(e, id=e.name) for e in registry.ENTRIES if e.peer is not None
-    ],
+    [pytest.param(e, id=e.name) for e in registry.ENTRIES if e.peer is not None],
 )
 def test_scanned_blocks_keep_less_than_the_peer(entry, dtype):
     """Every entry's default rule, in residual blocks under ``jax.lax.scan``, needs less than
