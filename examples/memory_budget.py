@@ -59,8 +59,8 @@ from jax.scipy.special import erfc
 import stable_layers as sl
 
 # Sized so that `--activation all` (ten activations: five compiles each to find the largest
-# batch, then 50 steps) takes under a minute on the project's 2-core CPU machine (56 s with
-# 60 steps, `time python examples/memory_budget.py`).
+# batch, then 50 steps) takes under a minute on the project's 2-core CPU machine (53 s,
+# `time python examples/memory_budget.py`, commit 94e82e7).
 DEFAULT_WIDTH = 128
 DEFAULT_DEPTH = 4
 DEFAULT_EXPANSION = 4
@@ -83,10 +83,10 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # On CPU the search's compiles (not the training batch's) also use XLA:CPU's legacy LLVM
 # emitters instead of its default fusion emitters: they compile this step 2-3x quicker (0.4 s
 # against 1.0 s at a batch of 1,001), and their bytes are the default's to within 0.1%
-# (tests/test_memory_budget.py::test_cpu_emitters_keep_the_bytes; 0.01% to 0.05% more at
-# every activation's float32 answer), so a largest batch may be a few examples off the
-# default program's (at most 6, softplus's, in that check). The trained step keeps the default
-# emitters: the legacy ones ran the library's gelu 3x slower.
+# (tests/test_memory_budget.py::test_cpu_emitters_keep_the_bytes), so a largest batch may be
+# a few examples off the default program's: comparing both at every activation's float32
+# answer (before commit fa28f8f) gave 0.01% to 0.05% more bytes, at most 6 examples. The
+# trained step keeps the default emitters: the legacy ones ran the library's gelu 3x slower.
 # An XLA that no longer knows the option compiles without it.
 CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _UNKNOWN_OPTIONS: set[str] = set()

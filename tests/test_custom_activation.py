@@ -395,3 +395,18 @@ def test_jit_vmap_and_scan(mode):
     np.testing.assert_allclose(total, h.sum(), rtol=1e-15)
     np.testing.assert_allclose(g_h0, dh_dh0, rtol=1e-14)
     np.testing.assert_allclose(g_w, dh_dw.sum(), rtol=1e-14)
+
+
+def test_a_formula_may_close_over_a_traced_array():
+    """A formula that reads a traced array (a scale inside the user's ``jit``) runs inlined:
+    it once reached the lowering as a constant and failed there. (Differentiate such a scale
+    by passing it as a parameter, ``act(x, a)``.)"""
+
+    def scaled(a, x):
+        act = sl.custom_activation(
+            lambda x: x * a, derivative=lambda x: a * jnp.ones_like(x), name="scaled"
+        )
+        return act(x)
+
+    x = jnp.arange(3.0)
+    np.testing.assert_array_equal(jax.jit(scaled)(2.0, x), np.array([0.0, 2.0, 4.0]))

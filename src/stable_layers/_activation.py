@@ -98,8 +98,9 @@ def whole(fn: Callable[..., Any]) -> Callable[..., Any]:
     the primitive inlines ``fn``'s operations: XLA sees what it saw before. Python scalars
     among the arguments stay constants; its derivatives are ``fn``'s.
 
-    A formula with an effect (a ``jax.debug.callback``, an ``io_callback``) runs inlined, as
-    written, so that JAX sees the effect.
+    A formula with an effect (a ``jax.debug.callback``, an ``io_callback``), or one that
+    closes over a traced array, runs inlined, as written, so that JAX sees the effect or the
+    array.
     """
 
     @functools.wraps(fn)
@@ -114,7 +115,7 @@ def whole(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         arrays = [a for a, s in zip(leaves, static) if not s]
         closed, shapes = jax.make_jaxpr(call, return_shape=True)(*arrays)
-        if closed.effects:
+        if closed.effects or any(isinstance(c, jax.core.Tracer) for c in closed.consts):
             return call(*arrays)
         out_tree = jax.tree.structure(shapes)
         as_fun = jax.extend.core.jaxpr_as_fun(closed)
@@ -129,7 +130,7 @@ def whole(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _bind(cpu: Callable[..., Any], default: Callable[..., Any], args: Any) -> Any:
     flat, in_tree = jax.tree.flatten(args)
-    out_tree = []  # the output's structure, recorded by the bind's abstract evaluation
+    out_tree: list[Any] = []  # the output's structure, recorded by the bind's abstract evaluation
 
     def flat_fn(fn):
         def run(*flat):
@@ -150,7 +151,8 @@ _on_cpu_p.multiple_results = True
 _on_cpu_p.def_impl(lambda *args, cpu, default: jax.jit(default)(*args))
 _on_cpu_p.def_abstract_eval(
     lambda *avals, cpu, default: [
-        jax.core.ShapedArray(a.shape, a.dtype) for a in jax.eval_shape(default, *avals)
+        jax.core.ShapedArray(a.shape, a.dtype, weak_type=a.weak_type)
+        for a in jax.eval_shape(default, *avals)
     ]
 )
 mlir.register_lowering(
